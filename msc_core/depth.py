@@ -1,0 +1,180 @@
+"""The paper's depth-layer representation, vectorized over batches of windows.
+
+Pipeline for one window of ``config.window_samples`` mono samples
+(PREPROCESSING.md steps 3-10)::
+
+    samples (N,) -> mel power (n_mels, 216) -> dB, floor top_db -> min-max [0, 1]
+      -> crop/pad to frames (n_mels, 215) -> colormap index uint8   <- the compact code
+      -> luma of the colour -> one-hot over depth layers -> (layers, n_mels, frames, 1)
+
+Everything after the colormap index is a pure function of that byte, so msc
+stores one uint8 per pixel (27,520 bytes per window) and rebuilds the exact
+float32 tensor with :func:`decode` (NumPy) or :func:`decode_tf` (TensorFlow,
+for tf.data pipelines and the model's first layer).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import librosa
+import numpy as np
+
+from .config import FeatureConfig
+
+COLORMAP_SIZE = 256
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Slaney mel filter bank, float32 of shape (n_mels, 1 + n_fft // 2)."""
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+
+
+def normalized_spectrograms(windows: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Steps 3-6: min-max normalized dB mel spectrograms at a fixed frame count.
+
+    Parameters
+    ----------
+    windows : np.ndarray, shape (B, config.window_samples) or (config.window_samples,)
+        Mono float samples at ``config.sample_rate``.
+    config : FeatureConfig
+
+    Returns
+    -------
+    np.ndarray, float32, shape (B, n_mels, frames) (no batch axis for 1-D input)
+        Values in [0, 1]; an all-constant window gives zeros.
+    """
+    windows = np.asarray(windows, dtype=np.float32)
+    single = windows.ndim == 1
+    batch = windows[None] if single else windows
+    spectrum = librosa.stft(batch, n_fft=config.n_fft, hop_length=config.hop_length)
+    power = np.abs(spectrum) ** 2
+    mel = np.einsum("...ft,mf->...mt", power, _mel_basis(config.sample_rate, config.n_fft, config.n_mels),
+                    optimize=True)
+    db = _power_to_db_per_window(mel, top_db=config.top_db)
+    normalized = _min_max_per_window(db)
+    fixed = _fix_frames(normalized, config.frames)
+    return fixed[0] if single else fixed
+
+
+def _power_to_db_per_window(power: np.ndarray, *, top_db: float, amin: float = 1e-10) -> np.ndarray:
+    """``librosa.power_to_db(S, ref=np.max, top_db=top_db)`` applied to each (M, T) slice."""
+    peak = power.max(axis=(-2, -1), keepdims=True)
+    db = 10.0 * np.log10(np.maximum(amin, power))
+    db -= 10.0 * np.log10(np.maximum(amin, peak))
+    return np.maximum(db, db.max(axis=(-2, -1), keepdims=True) - top_db)
+
+
+def _min_max_per_window(x: np.ndarray) -> np.ndarray:
+    """``(x - min) / (max - min)`` per (M, T) slice, clipped to [0, 1]; a flat slice gives zeros."""
+    low = x.min(axis=(-2, -1), keepdims=True)
+    span = x.max(axis=(-2, -1), keepdims=True) - low
+    span = np.where(span == 0, 1, span)
+    return np.clip((x - low) / span, 0, 1).astype(np.float32)
+
+
+def _fix_frames(x: np.ndarray, frames: int) -> np.ndarray:
+    """Cut the time axis from the middle, or zero-pad it on both sides, to ``frames``."""
+    have = x.shape[-1]
+    if have >= frames:
+        start = (have - frames) // 2
+        return x[..., start:start + frames]
+    left = (frames - have) // 2
+    pad = [(0, 0)] * (x.ndim - 1) + [(left, frames - have - left)]
+    return np.pad(x, pad)
+
+
+def encode(normalized: np.ndarray) -> np.ndarray:
+    """Step 7: colormap index ``min(floor(x * 256), 255)`` of each value, as uint8.
+
+    Parameters
+    ----------
+    normalized : np.ndarray, float, any shape, values in [0, 1]
+
+    Returns
+    -------
+    np.ndarray, uint8, same shape
+    """
+    scaled = np.floor(np.asarray(normalized, dtype=np.float32) * COLORMAP_SIZE)
+    return np.clip(scaled, 0, COLORMAP_SIZE - 1).astype(np.uint8)
+
+
+def featurize(windows: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Compact codes of a batch of windows: :func:`encode` of :func:`normalized_spectrograms`.
+
+    Parameters
+    ----------
+    windows : np.ndarray, shape (B, config.window_samples) or (config.window_samples,)
+
+    Returns
+    -------
+    np.ndarray, uint8, shape (B, n_mels, frames) (no batch axis for 1-D input)
+    """
+    return encode(normalized_spectrograms(windows, config))
+
+
+@functools.lru_cache(maxsize=8)
+def depth_tables(colormap: str = "viridis", layers: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 8-9 as lookup tables over the 256 colormap indices.
+
+    Returns
+    -------
+    layer_of : np.ndarray, int32, shape (256,)
+        Depth layer that a pixel of each index lands in (-1 where none: intensity 1.0).
+    intensity_of : np.ndarray, float32, shape (256,)
+        Luma ``0.299 R + 0.587 G + 0.114 B`` of each colormap entry.
+    """
+    import matplotlib
+
+    rgb = np.asarray(matplotlib.colormaps[colormap].resampled(COLORMAP_SIZE)(np.arange(COLORMAP_SIZE)))[:, :3]
+    intensity = rgb @ _LUMA_WEIGHTS
+    edges = np.linspace(0, 1, layers + 1)
+    layer_of = np.searchsorted(edges, intensity, side="right") - 1
+    layer_of = np.where((layer_of >= 0) & (layer_of < layers), layer_of, -1).astype(np.int32)
+    for table in (layer_of, intensity):
+        table.setflags(write=False)
+    return layer_of, intensity.astype(np.float32)
+
+
+def decode(codes: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Rebuild the exact float32 depth tensor from compact codes (NumPy).
+
+    Parameters
+    ----------
+    codes : np.ndarray, uint8, shape (..., n_mels, frames)
+
+    Returns
+    -------
+    np.ndarray, float32, shape (..., layers, n_mels, frames, 1)
+        Layer ``i`` holds a pixel's intensity where the pixel falls in bin ``i``, else 0.
+    """
+    layer_of, intensity_of = depth_tables(config.colormap, config.layers)
+    codes = np.asarray(codes)
+    pixel_layer = layer_of[codes][..., None, :, :]
+    layer_ids = np.arange(config.layers).reshape(config.layers, 1, 1)
+    dense = np.where(pixel_layer == layer_ids, intensity_of[codes][..., None, :, :], np.float32(0))
+    return dense[..., None]
+
+
+def decode_tf(codes, config: FeatureConfig):
+    """Rebuild the exact float32 depth tensor from compact codes (TensorFlow).
+
+    Usable inside ``tf.data`` maps and Keras layers.
+
+    Parameters
+    ----------
+    codes : tf.Tensor, uint8 or integer, shape (..., n_mels, frames)
+
+    Returns
+    -------
+    tf.Tensor, float32, shape (..., layers, n_mels, frames, 1)
+    """
+    import tensorflow as tf
+
+    layer_of, intensity_of = depth_tables(config.colormap, config.layers)
+    index = tf.cast(codes, tf.int32)
+    one_hot = tf.one_hot(tf.gather(tf.constant(layer_of), index), config.layers, axis=-3, dtype=tf.float32)
+    intensity = tf.expand_dims(tf.gather(tf.constant(intensity_of), index), axis=-3)
+    return tf.expand_dims(one_hot * intensity, axis=-1)
