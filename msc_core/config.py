@@ -21,6 +21,9 @@ from typing import Any, Literal
 
 from .errors import FeatureConfigMismatchError
 
+LABELS = ("speech", "music")
+"""Class names; a label's index is the model's output index (the paper's order)."""
+
 #: Bumped whenever the depth-layer algorithm changes in a way the fields below do not show.
 FEATURE_ALGORITHM = "depth-layers-v1"
 

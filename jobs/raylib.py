@@ -1,0 +1,42 @@
+"""Connecting to Ray the same way from every job.
+
+``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets) joins an
+existing cluster; otherwise a private local Ray starts in-process. msc passes
+``address="local"`` for that, so a stale ``ray_current_cluster`` file or a head
+left by ``ray start`` never captures a run meant to be local.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--address`` and ``--num-cpus``, shared by every Ray job."""
+    group = parser.add_argument_group("Ray")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray started in-process)")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs of the in-process local Ray (default: all); ignored with --address")
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process; a no-op when Ray is already initialized."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def cluster_cpus() -> int:
+    """Total CPUs the connected Ray cluster offers (at least 1)."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,163 @@
+"""The shard format: Parquet files of compact depth-layer windows, one row per window.
+
+Schema (:data:`SHARD_SCHEMA`)::
+
+    id           string   stable window id: window_id(path, window)
+    path         string   source file (as listed: local path or URI)
+    label        string   "music" | "speech" | null (unlabelled)
+    group        string   unit that never straddles splits (speaker, track, file)
+    genre        string   finer class when the layout gives one (GTZAN genre), else null
+    split        string   "train" | "val" | "test" | null
+    window       int32    window index within the file
+    start_s      float64  window start in the file (s)
+    duration_s   float64  seconds of real audio in the window (rest is padding)
+    sample_rate  int32    the file's original rate (Hz)
+    channels     int16    the file's original channel count
+    codes        fixed_size_binary[n_mels * frames]  colormap indices, uint8, row-major (mel, time)
+    feature_hash string   FeatureConfig.hash of the codes
+
+File metadata: ``msc.feature_config`` (FeatureConfig.to_json()) and ``msc.version``.
+Files are written under a temporary name and renamed, so a shard that exists
+under its final name is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from importlib import metadata as importlib_metadata
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .config import FeatureConfig
+from .errors import FeatureConfigMismatchError, InputError
+
+CONFIG_KEY = b"msc.feature_config"
+VERSION_KEY = b"msc.version"
+
+
+def msc_version() -> str:
+    """The installed msc version ("unknown" when run from a bare checkout)."""
+    try:
+        return importlib_metadata.version("msc")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def shard_schema(config: FeatureConfig) -> pa.Schema:
+    """The Arrow schema of shards made with ``config``, its metadata included."""
+    fields = [
+        ("id", pa.string()), ("path", pa.string()), ("label", pa.string()), ("group", pa.string()),
+        ("genre", pa.string()), ("split", pa.string()), ("window", pa.int32()), ("start_s", pa.float64()),
+        ("duration_s", pa.float64()), ("sample_rate", pa.int32()), ("channels", pa.int16()),
+        ("codes", pa.binary(config.n_mels * config.frames)), ("feature_hash", pa.string()),
+    ]
+    return pa.schema(fields, metadata={CONFIG_KEY: config.to_json().encode(), VERSION_KEY: msc_version().encode()})
+
+
+def window_id(path: str, window: int) -> str:
+    """Stable id of window ``window`` of ``path``: 16 hex digits of its path hash, then the index."""
+    return f"{hashlib.sha1(path.encode()).hexdigest()[:16]}-{window:06d}"
+
+
+def codes_to_arrow(codes: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """Wrap uint8 codes of shape (B, n_mels, frames) as a fixed-size binary array, without copying."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    width = int(np.prod(codes.shape[1:]))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(codes), [None, pa.py_buffer(codes)])
+
+
+def codes_from_arrow(column: pa.Array | pa.ChunkedArray, config: FeatureConfig) -> np.ndarray:
+    """uint8 codes of shape (B, n_mels, frames) from a ``codes`` column (zero-copy for one chunk)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if column.null_count:
+        raise InputError("codes column holds nulls")
+    width = config.n_mels * config.frames
+    data = np.frombuffer(column.buffers()[1], dtype=np.uint8)
+    start = column.offset * width
+    return data[start:start + len(column) * width].reshape(len(column), config.n_mels, config.frames)
+
+
+def windows_table(config: FeatureConfig, *, codes: np.ndarray, columns: Mapping[str, Sequence]) -> pa.Table:
+    """A shard table from codes (B, n_mels, frames) and the other columns (each of length B).
+
+    ``id`` and ``feature_hash`` are filled in here when absent.
+    """
+    schema = shard_schema(config)
+    rows = len(codes)
+    data = dict(columns)
+    data.setdefault("id", [window_id(p, int(w)) for p, w in zip(data["path"], data["window"])])
+    data["feature_hash"] = [config.hash] * rows
+    for optional in ("label", "group", "genre", "split"):
+        data.setdefault(optional, [None] * rows)
+    arrays = [codes_to_arrow(codes) if f.name == "codes" else pa.array(data[f.name], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for local paths and URIs (s3://, gs://)."""
+    if "://" not in path:
+        return pafs.LocalFileSystem(), path
+    return pafs.FileSystem.from_uri(path)
+
+
+def write_atomic(table: pa.Table, path: str, *, filesystem: pafs.FileSystem | None = None,
+                 compression: str = "zstd") -> None:
+    """Write ``table`` as Parquet to ``path`` so that the final name only ever holds a complete file.
+
+    Writes ``<path>.tmp-<random>`` first and renames it; on object stores,
+    whose uploads become visible only when complete, the move is a copy.
+    """
+    if filesystem is None:
+        filesystem, path = resolve_filesystem(path)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with filesystem.open_output_stream(temporary) as sink:
+            pq.write_table(table, sink, compression=compression, use_dictionary=[
+                c for c in table.column_names if c != "codes"], write_statistics=[
+                c for c in table.column_names if c != "codes"])
+        filesystem.move(temporary, path)
+    except BaseException:
+        try:
+            filesystem.delete_file(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def read_feature_config(path: str, *, filesystem: pafs.FileSystem | None = None) -> FeatureConfig:
+    """The FeatureConfig stored in one shard's Parquet metadata."""
+    if filesystem is None:
+        filesystem, path = resolve_filesystem(path)
+    schema = pq.read_schema(path, filesystem=filesystem)
+    stored = (schema.metadata or {}).get(CONFIG_KEY)
+    if stored is None:
+        raise FeatureConfigMismatchError(f"{path}: not an msc shard (no {CONFIG_KEY.decode()} metadata)")
+    return FeatureConfig.from_json(stored)
+
+
+def iter_batches(paths: Sequence[str], config: FeatureConfig, *, columns: Sequence[str] = ("codes", "label"),
+                 batch_rows: int = 256, filter_split: str | None = None,
+                 filesystem: pafs.FileSystem | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of ``columns`` from shard files, checking each file's feature config.
+
+    Memory is bounded by ``batch_rows`` rows (plus one Parquet row group).
+    """
+    for path in paths:
+        fs, inner = (filesystem, path) if filesystem else resolve_filesystem(path)
+        found = read_feature_config(inner, filesystem=fs)
+        if found.hash != config.hash:
+            raise FeatureConfigMismatchError(f"{path}: shard features {found.hash} differ from {config.hash}")
+        wanted = list(dict.fromkeys([*columns, *(["split"] if filter_split else [])]))
+        with fs.open_input_file(inner) as handle:
+            reader = pq.ParquetFile(handle)
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted):
+                if filter_split is not None:
+                    batch = batch.filter(pa.compute.equal(batch.column("split"), filter_split))
+                if batch.num_rows:
+                    yield batch.select(list(columns))
