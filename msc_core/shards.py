@@ -24,6 +24,7 @@ under its final name is complete.
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from importlib import metadata as importlib_metadata
 from typing import Iterator, Mapping, Sequence
@@ -161,3 +162,111 @@ def iter_batches(paths: Sequence[str], config: FeatureConfig, *, columns: Sequen
                     batch = batch.filter(pa.compute.equal(batch.column("split"), filter_split))
                 if batch.num_rows:
                     yield batch.select(list(columns))
+
+
+def list_shards(source: str | Sequence[str]) -> list[str]:
+    """Shard files of a featurize output folder (``DIR/shards/*.parquet``), a folder of shards, or a list.
+
+    Parameters
+    ----------
+    source : str or sequence of str
+        A local folder or URI prefix, or shard paths (returned as given).
+
+    Raises
+    ------
+    InputError
+        A folder that holds no shards.
+    """
+    if not isinstance(source, str):
+        return list(source)
+    if source.endswith(".parquet"):
+        return [source]
+    filesystem, inner = resolve_filesystem(source)
+    prefix = "" if "://" not in source else source[:source.index("://") + 3]
+    for folder in (f"{inner.rstrip('/')}/shards", inner.rstrip("/")):
+        selector = pafs.FileSelector(folder, allow_not_found=True)
+        found = sorted(info.path for info in filesystem.get_file_info(selector)
+                       if info.type == pafs.FileType.File and info.path.endswith(".parquet")
+                       and os.path.basename(info.path) != "errors.parquet")
+        if found:
+            return [prefix + path for path in found]
+    raise InputError(f"{source}: no shards (*.parquet) found")
+
+
+def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str | None = None, batch_size: int = 8,
+               dense: bool = False, shuffle_seed: int | None = None, shuffle_buffer: int = 1024):
+    """A ``tf.data.Dataset`` of labelled windows streamed from shards.
+
+    Unlabelled rows are skipped. Memory stays bounded: shards are read in
+    record batches and at most ``shuffle_buffer`` windows wait in the shuffle.
+
+    Parameters
+    ----------
+    paths : str or sequence of str
+        Featurize output folder, folder of shards, or shard paths (see :func:`list_shards`).
+    config : FeatureConfig
+        Every shard's feature hash must match it.
+    split : {"train", "val", "test"} or None
+        Keep only rows of this split (None: all).
+    batch_size : int
+    dense : bool
+        False: codes, uint8 (B, n_mels, frames). True: the exact float32 model
+        input (B, layers, n_mels, frames, 1) rebuilt with :func:`~msc_core.depth.decode_tf`.
+    shuffle_seed : int or None
+        None: file order, no shuffle. Otherwise files are visited in a seeded
+        random order and windows shuffled in a buffer of ``shuffle_buffer``.
+    shuffle_buffer : int
+        Windows held by the shuffle (about 27.5 KB each).
+
+    Returns
+    -------
+    tf.data.Dataset
+        Elements ``(features, label)``; ``label`` int32 (B,), an index into
+        :data:`msc_core.config.LABELS`.
+    """
+    import tensorflow as tf
+
+    from .config import LABELS
+
+    files = list_shards(paths)
+    if shuffle_seed is not None:
+        files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
+    label_index = pa.array(LABELS)
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in iter_batches(files, config, columns=("codes", "label"), filter_split=split):
+            batch = batch.filter(pa.compute.is_valid(batch.column("label")))
+            if batch.num_rows:
+                labels = pa.compute.index_in(batch.column("label"), value_set=label_index)
+                if labels.null_count:
+                    raise InputError(f"labels outside {LABELS} in {paths}")
+                yield codes_from_arrow(batch.column("codes"), config), labels.to_numpy().astype(np.int32)
+
+    signature = (tf.TensorSpec((None, *config.encoded_shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if dense:
+        dataset = dataset.map(lambda codes, label: (_decode_batch_tf(codes, config), label),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _decode_batch_tf(codes, config: FeatureConfig):
+    """The exact float32 depth tensor (B, layers, n_mels, frames, 1) from uint8 codes (B, n_mels, frames).
+
+    Same result as :func:`msc_core.depth.decode`; written here because
+    ``depth.decode_tf`` calls ``tf.one_hot(..., axis=-3)``, which TensorFlow refuses.
+    """
+    import tensorflow as tf
+
+    from .depth import depth_tables
+
+    layer_of, intensity_of = depth_tables(config.colormap, config.layers)
+    index = tf.cast(codes, tf.int32)
+    pixel_layer = tf.expand_dims(tf.gather(tf.constant(layer_of), index), axis=1)
+    intensity = tf.expand_dims(tf.gather(tf.constant(intensity_of), index), axis=1)
+    layer_ids = tf.reshape(tf.range(config.layers, dtype=tf.int32), (1, config.layers, 1, 1))
+    dense = tf.where(tf.equal(pixel_layer, layer_ids), intensity, tf.zeros_like(intensity))
+    return tf.expand_dims(dense, axis=-1)
