@@ -175,6 +175,8 @@ def decode_tf(codes, config: FeatureConfig):
 
     layer_of, intensity_of = depth_tables(config.colormap, config.layers)
     index = tf.cast(codes, tf.int32)
-    one_hot = tf.one_hot(tf.gather(tf.constant(layer_of), index), config.layers, axis=-3, dtype=tf.float32)
+    pixel_layer = tf.expand_dims(tf.gather(tf.constant(layer_of), index), axis=-3)
     intensity = tf.expand_dims(tf.gather(tf.constant(intensity_of), index), axis=-3)
-    return tf.expand_dims(one_hot * intensity, axis=-1)
+    layer_ids = tf.reshape(tf.range(config.layers, dtype=tf.int32), (config.layers, 1, 1))
+    dense = tf.where(tf.equal(pixel_layer, layer_ids), intensity, tf.zeros_like(intensity))
+    return tf.expand_dims(dense, axis=-1)
