@@ -1,0 +1,427 @@
+"""The depth-layer 3D CNN, wrapped so that it reads compact codes, and its on-disk format.
+
+An msc model takes what the shards store, uint8 colormap indices of shape
+``config.encoded_shape`` (128, 215), and answers [speech, music]
+probabilities. Its first stage rebuilds the dense depth tensor exactly with
+built-in Keras layers only (a frozen ``Embedding`` lookup table, ``Permute``,
+``Reshape``), so a saved model loads in plain Keras with ``safe_mode=True``
+and without msc installed::
+
+    codes uint8 (B, 128, 215) -> "decode" (B, 8, 128, 215, 1) float32 -> "cnn" -> (B, 2) softmax
+
+A model directory holds three files:
+
+- ``model.keras``: the Keras 3 native archive of that model;
+- ``feature_config.json``: :meth:`FeatureConfig.to_json` of the features it reads;
+- ``model.json``: msc metadata (``model_id``, ``labels``, ``widths``, ``dense``,
+  ``source``, ``msc_version``, ``feature_hash``, ``created_at``, ``extra``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import keras
+import numpy as np
+
+from .config import PAPER, FeatureConfig, require_same_features
+from .depth import COLORMAP_SIZE, depth_tables
+from .errors import ModelLoadError
+
+#: Output index -> label, as in the paper.
+LABELS = ("speech", "music")
+
+MODEL_FILE = "model.keras"
+FEATURE_CONFIG_FILE = "feature_config.json"
+METADATA_FILE = "model.json"
+#: Files of the published model (PREPROCESSING.md) that :func:`import_paper_model` reads.
+PAPER_FILES = ("config.json", "model.weights.h5")
+
+PAPER_WIDTHS = (32, 64, 128)
+PAPER_DENSE = (128, 64)
+_CONV_DROPOUT = (0.2, 0.3, 0.4)
+_DENSE_DROPOUT = 0.5
+
+
+# ---------------------------------------------------------------------------------------- building
+def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WIDTHS,
+              dense: tuple[int, int] = PAPER_DENSE, seed: int | None = None) -> keras.Sequential:
+    """The paper's 3D CNN over the dense depth tensor (about 303k parameters at paper widths).
+
+    Three blocks ``Conv3D(3x3x3, same, relu) -> BatchNormalization``, the first
+    two followed by ``MaxPooling3D(2)`` and dropout .2 / .3, then global average
+    pooling, dropout .4, two ReLU dense layers each followed by dropout .5, and a
+    2-way softmax.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+        Gives the input shape ``config.tensor_shape`` = (layers, n_mels, frames, 1).
+    widths : tuple of 3 int
+        Filters of the three convolutions.
+    dense : tuple of 2 int
+        Units of the two hidden dense layers.
+    seed : int or None
+        Seeds the kernel initializers and dropout masks (layer ``i`` gets
+        ``seed + i``); ``None`` draws them at random.
+
+    Returns
+    -------
+    keras.Sequential named ``"cnn"``
+        float32 (B, layers, n_mels, frames, 1) -> softmax float32 (B, 2), [speech, music].
+    """
+    seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
+
+    def conv(filters: int) -> list[keras.layers.Layer]:
+        return [keras.layers.Conv3D(filters, 3, padding="same", activation="relu",
+                                    kernel_initializer=keras.initializers.GlorotUniform(next(seeds))),
+                keras.layers.BatchNormalization()]
+
+    def dropout(rate: float) -> keras.layers.Layer:
+        return keras.layers.Dropout(rate, seed=next(seeds))
+
+    def hidden(units: int) -> list[keras.layers.Layer]:
+        return [keras.layers.Dense(units, activation="relu",
+                                   kernel_initializer=keras.initializers.GlorotUniform(next(seeds))),
+                dropout(_DENSE_DROPOUT)]
+
+    return keras.Sequential([
+        keras.Input(config.tensor_shape),
+        *conv(widths[0]), keras.layers.MaxPooling3D(2), dropout(_CONV_DROPOUT[0]),
+        *conv(widths[1]), keras.layers.MaxPooling3D(2), dropout(_CONV_DROPOUT[1]),
+        *conv(widths[2]), keras.layers.GlobalAveragePooling3D(), dropout(_CONV_DROPOUT[2]),
+        *hidden(dense[0]),
+        *hidden(dense[1]),
+        keras.layers.Dense(len(LABELS), activation="softmax",
+                           kernel_initializer=keras.initializers.GlorotUniform(next(seeds))),
+    ], name="cnn")
+
+
+def decode_stage(config: FeatureConfig) -> keras.Sequential:
+    """Built-in Keras layers that turn compact codes into the exact depth tensor.
+
+    A frozen ``Embedding(256, layers)`` whose row ``k`` is
+    ``one_hot(layer_of[k]) * intensity_of[k]`` (:func:`msc_core.depth.depth_tables`)
+    looks every pixel up, then ``Permute`` and ``Reshape`` move the layer axis
+    first and add the channel axis. Bit for bit equal to :func:`msc_core.depth.decode`.
+
+    The table must stay frozen: to train, set ``trainable`` on the ``"cnn"``
+    sub-model, not on the whole model (Keras would pass it down to the table).
+
+    Returns
+    -------
+    keras.Sequential named ``"decode"``
+        uint8 (B, n_mels, frames) -> float32 (B, layers, n_mels, frames, 1).
+    """
+    layer_of, intensity_of = depth_tables(config.colormap, config.layers)
+    table = np.zeros((COLORMAP_SIZE, config.layers), np.float32)
+    inside = layer_of >= 0
+    table[np.flatnonzero(inside), layer_of[inside]] = intensity_of[inside]
+    lookup = keras.layers.Embedding(COLORMAP_SIZE, config.layers, trainable=False, name="depth_table")
+    stage = keras.Sequential([
+        keras.Input(config.encoded_shape, dtype="uint8", name="codes"),
+        lookup,                                                     # (B, n_mels, frames, layers)
+        keras.layers.Permute((3, 1, 2), name="layers_first"),       # (B, layers, n_mels, frames)
+        keras.layers.Reshape(config.tensor_shape, name="add_channel"),
+    ], name="decode")
+    lookup.set_weights([table])
+    return stage
+
+
+def _codes_model(cnn: keras.Model, config: FeatureConfig) -> keras.Model:
+    """``cnn`` behind :func:`decode_stage`: uint8 codes (B, n_mels, frames) -> (B, 2)."""
+    codes = keras.Input(config.encoded_shape, dtype="uint8", name="codes")
+    return keras.Model(codes, cnn(decode_stage(config)(codes)), name="msc")
+
+
+def build_model(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WIDTHS,
+                dense: tuple[int, int] = PAPER_DENSE, seed: int | None = None) -> keras.Model:
+    """A fresh msc model: :func:`decode_stage` then :func:`build_cnn` (nested as ``"cnn"``).
+
+    Parameters
+    ----------
+    config : FeatureConfig
+    widths, dense, seed
+        As in :func:`build_cnn`.
+
+    Returns
+    -------
+    keras.Model
+        uint8 codes (B, n_mels, frames) -> softmax float32 (B, 2), [speech, music].
+    """
+    return _codes_model(build_cnn(config, widths=widths, dense=dense, seed=seed), config)
+
+
+def architecture(model: keras.Model) -> list[tuple[str, dict[str, Any]]]:
+    """Each layer's class and the settings that define it, without names, dtypes or initializers.
+
+    Two models with equal architectures compute the same function given the same weights.
+    """
+    def defining(key: str) -> bool:
+        return key not in ("name", "dtype", "trainable", "seed") and not key.endswith("_initializer")
+
+    return [(type(layer).__name__, {k: v for k, v in layer.get_config().items() if defining(k)})
+            for layer in model.layers]
+
+
+# ---------------------------------------------------------------------------------------- using
+@dataclass(frozen=True, eq=False)
+class MscModel:
+    """A loaded msc model with its feature config and metadata.
+
+    Attributes
+    ----------
+    keras_model : keras.Model
+        uint8 codes (B, n_mels, frames) -> float32 (B, 2).
+    config : FeatureConfig
+        Features the model reads; compare with :func:`require_same_features`.
+    metadata : Mapping
+        The contents of ``model.json``.
+    """
+
+    keras_model: keras.Model
+    config: FeatureConfig
+    metadata: Mapping[str, Any]
+
+    @property
+    def model_id(self) -> str:
+        """Stable identity: the source plus a short hash of the weights."""
+        return self.metadata["model_id"]
+
+    @functools.cached_property
+    def _forward(self):
+        """Inference graph traced once for any batch size."""
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((None, *self.config.encoded_shape), tf.uint8)
+        return tf.function(lambda codes: self.keras_model(codes, training=False), input_signature=[spec])
+
+    def predict_codes(self, codes: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+        """[speech, music] probabilities of a batch of compact windows.
+
+        Parameters
+        ----------
+        codes : np.ndarray, uint8, shape (B, n_mels, frames)
+            Colormap indices from :func:`msc_core.depth.featurize`.
+        batch_size : int
+            Windows per forward pass; bounds memory (at paper widths the first
+            convolution alone makes 28 MB of activations per window).
+
+        Returns
+        -------
+        np.ndarray, float32, shape (B, 2)
+        """
+        codes = np.asarray(codes)
+        if codes.ndim != 3 or codes.shape[1:] != self.config.encoded_shape or codes.dtype != np.uint8:
+            raise ValueError(f"expected uint8 codes of shape (B, {', '.join(map(str, self.config.encoded_shape))}), "
+                             f"got {codes.dtype} {codes.shape}")
+        chunks = [self._forward(codes[start:start + batch_size]).numpy()
+                  for start in range(0, len(codes), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), np.float32)
+
+
+# ---------------------------------------------------------------------------------------- storing
+def _msc_version() -> str:
+    try:
+        return importlib.metadata.version("msc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _weights_digest(model: keras.Model) -> str:
+    """sha256 (hex) over the shapes and bytes of every weight, in model order."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _signature_problem(model: keras.Model, config: FeatureConfig) -> str | None:
+    """Why ``model`` does not map uint8 codes ``config.encoded_shape`` to (None, 2), or None."""
+    expected_input = (None, *config.encoded_shape)
+    dtypes = [tensor.dtype for tensor in model.inputs]
+    if model.input_shape != expected_input or dtypes != ["uint8"]:
+        return f"input is {model.input_shape} of {dtypes}, expected one uint8 {expected_input} compact codes"
+    if model.output_shape != (None, len(LABELS)):
+        return f"output shape is {model.output_shape}, expected (None, {len(LABELS)}) for {LABELS}"
+    return None
+
+
+def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.PathLike, *,
+                   source: Literal["trained", "paper-import"], extra: Mapping[str, Any] | None = None) -> MscModel:
+    """Write an msc model directory atomically (built beside ``out_dir``, then renamed).
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_model` (uint8 codes in, (B, 2) out, nested ``"cnn"``).
+    config : FeatureConfig
+        Features the model reads.
+    out_dir : str or PathLike
+        Local directory to create; must not exist yet.
+    source : {"trained", "paper-import"}
+        Where the weights come from; also names the model id.
+    extra : Mapping or None
+        JSON-serializable facts to keep under ``"extra"`` in ``model.json``
+        (training data, epochs, metrics...).
+
+    Returns
+    -------
+    MscModel
+        The saved model with its metadata.
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` already exists.
+    ValueError
+        ``model`` does not map uint8 codes ``config.encoded_shape`` to (B, 2).
+    """
+    out_dir = Path(out_dir)
+    problem = _signature_problem(model, config)
+    if problem:
+        raise ValueError(f"cannot save this model: {problem}")
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; choose a new model directory")
+    cnn = model.get_layer("cnn")
+    metadata = {
+        "model_id": f"{source}-{_weights_digest(model)[:12]}",
+        "labels": list(LABELS),
+        "widths": [layer.filters for layer in cnn.layers if isinstance(layer, keras.layers.Conv3D)],
+        "dense": [layer.units for layer in cnn.layers if isinstance(layer, keras.layers.Dense)][:-1],
+        "source": source,
+        "msc_version": _msc_version(),
+        "feature_hash": config.hash,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "extra": dict(extra or {}),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save(staging / MODEL_FILE)
+        (staging / FEATURE_CONFIG_FILE).write_text(config.to_json())
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        staging.chmod(0o755)  # mkdtemp makes it private
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return MscModel(model, config, metadata)
+
+
+def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | None = None) -> MscModel:
+    """Load and check an msc model directory written by :func:`save_model_dir`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The model directory.
+    expected_config : FeatureConfig or None
+        Features the caller will feed; must have the model's feature hash.
+
+    Returns
+    -------
+    MscModel
+
+    Raises
+    ------
+    ModelLoadError
+        Missing or unreadable files, a hash in ``model.json`` that does not
+        match ``feature_config.json``, a model Keras refuses in safe mode (for
+        example one with a ``Lambda`` layer), or wrong input/output shapes.
+    FeatureConfigMismatchError
+        ``expected_config`` differs from the model's features.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: no such model directory")
+    missing = [name for name in (MODEL_FILE, FEATURE_CONFIG_FILE, METADATA_FILE) if not (path / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"{path}: not an msc model directory, missing {', '.join(missing)}")
+    try:
+        metadata = json.loads((path / METADATA_FILE).read_text())
+        config = FeatureConfig.from_json((path / FEATURE_CONFIG_FILE).read_text())
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(f"{path}: unreadable {METADATA_FILE} or {FEATURE_CONFIG_FILE}: {error}") from error
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"{path}: {METADATA_FILE} is not a JSON object")
+    if metadata.get("feature_hash") != config.hash:
+        raise ModelLoadError(f"{path}: {METADATA_FILE} names feature hash {metadata.get('feature_hash')}, "
+                             f"but {FEATURE_CONFIG_FILE} has {config.hash}")
+    if metadata.get("labels") != list(LABELS) or "model_id" not in metadata:
+        raise ModelLoadError(f"{path}: {METADATA_FILE} must hold a model_id and labels {list(LABELS)}")
+    if expected_config is not None:
+        require_same_features(expected_config, config, what=f"features offered vs model {path}")
+    try:
+        model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises many types for bad archives; all mean "cannot load"
+        raise ModelLoadError(f"{path / MODEL_FILE}: cannot be loaded safely: {type(error).__name__}: {error}") \
+            from error
+    problem = _signature_problem(model, config)
+    if problem:
+        raise ModelLoadError(f"{path / MODEL_FILE}: {problem}")
+    return MscModel(model, config, metadata)
+
+
+def import_paper_model(paper_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                       config: FeatureConfig = PAPER) -> MscModel:
+    """Turn the published model (``config.json`` + ``model.weights.h5``) into an msc model directory.
+
+    The published Sequential is loaded in Keras safe mode (its two files zipped
+    into a temporary ``.keras`` archive), checked to have exactly the
+    :func:`build_cnn` architecture, and its weights are copied into one behind
+    :func:`decode_stage`, so that it reads compact codes.
+
+    Parameters
+    ----------
+    paper_dir : str or PathLike
+        Directory holding the published files (PREPROCESSING.md).
+    out_dir : str or PathLike
+        msc model directory to create (see :func:`save_model_dir`).
+    config : FeatureConfig
+        Features the published model was trained on: the paper's.
+
+    Returns
+    -------
+    MscModel
+        With ``source`` "paper-import".
+
+    Raises
+    ------
+    ModelLoadError
+        Files missing or unloadable, or an architecture other than the paper's.
+    """
+    paper_dir = Path(paper_dir)
+    missing = [name for name in PAPER_FILES if not (paper_dir / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"{paper_dir}: not a published Keras model, missing {', '.join(missing)}")
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / "paper.keras"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for name in PAPER_FILES:
+                bundle.write(paper_dir / name, name)
+        try:
+            published = keras.models.load_model(archive, safe_mode=True, compile=False)
+        except Exception as error:  # see load_model_dir
+            raise ModelLoadError(f"{paper_dir}: cannot be loaded safely: {type(error).__name__}: {error}") from error
+    cnn = build_cnn(config)
+    if architecture(published) != architecture(cnn):
+        raise ModelLoadError(f"{paper_dir}: architecture differs from the paper's 3D CNN "
+                             f"({len(published.layers)} layers, {published.count_params()} parameters)")
+    cnn.set_weights(published.get_weights())
+    return save_model_dir(_codes_model(cnn, config), config, out_dir, source="paper-import",
+                          extra={"imported_from": str(paper_dir.resolve())})
