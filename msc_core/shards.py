@@ -108,20 +108,25 @@ def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 
 def write_atomic(table: pa.Table, path: str, *, filesystem: pafs.FileSystem | None = None,
-                 compression: str = "zstd") -> None:
+                 compression: str = "zstd", compression_level: int | None = 1, row_group_rows: int = 1024) -> None:
     """Write ``table`` as Parquet to ``path`` so that the final name only ever holds a complete file.
 
     Writes ``<path>.tmp-<random>`` first and renames it; on object stores,
     whose uploads become visible only when complete, the move is a copy.
+    The ``codes`` column is written plain (no dictionary, no statistics): zstd
+    level 1 stores a window in about 22 KB for about 0.1 ms, against about
+    27 ms to featurize it. Row groups of ``row_group_rows`` windows (about 28 MB)
+    bound a reader's memory.
     """
     if filesystem is None:
         filesystem, path = resolve_filesystem(path)
     temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    small_columns = [name for name in table.column_names if name != "codes"]
     try:
         with filesystem.open_output_stream(temporary) as sink:
-            pq.write_table(table, sink, compression=compression, use_dictionary=[
-                c for c in table.column_names if c != "codes"], write_statistics=[
-                c for c in table.column_names if c != "codes"])
+            pq.write_table(table, sink, compression=compression, compression_level=compression_level,
+                           row_group_size=row_group_rows, use_dictionary=small_columns,
+                           write_statistics=small_columns)
         filesystem.move(temporary, path)
     except BaseException:
         try:

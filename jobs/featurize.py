@@ -1,0 +1,563 @@
+"""``msc featurize SRC... --out DIR``: an audio archive to depth-layer shards, fanned out on Ray.
+
+Also ``python -m jobs.featurize SRC... --out DIR`` (for ``ray job submit``).
+
+How it runs
+-----------
+The driver streams the listing (:func:`msc_core.sources.iter_items`), cuts it
+into chunks of ``--files-per-task`` files and keeps at most two tasks per
+cluster CPU in flight (``ray.wait``). Each task decodes its files window by
+window, featurizes batches of windows and writes its own shards
+``DIR/shards/part-<chunk>-<n>.parquet`` (each at most ``--shard-mb`` of codes)
+with :func:`msc_core.shards.write_atomic`, then a small completion record
+``DIR/_chunks/<chunk>.json`` with its counts and errors. Only those small
+records travel back to the driver.
+
+A chunk's id hashes its files (with labels, groups and splits) and the full
+feature config including the window policy, so rerunning the same command
+recreates the same ids: chunks with a completion record are skipped, leftovers
+of unfinished chunks and ``*.tmp-*`` files are removed and redone, and shards of
+chunks that the command no longer lists are deleted at the end. The finished
+dataset holds each window exactly once.
+
+Outputs
+-------
+``DIR/shards/*.parquet``
+    One row per window (schema: :mod:`msc_core.shards`).
+``DIR/errors.parquet``
+    One row per failed file: path, stage (open, decode, featurize, task), error_type, message.
+    A failed file contributes no rows.
+``DIR/manifest.json``
+    Config, inputs, counts of files and windows per class and split, errors,
+    versions and timings; written last, so its presence means the job finished.
+
+Exit code: 0 when every file was featurized, 1 when some failed (see
+``errors.parquet``), 2 for usage errors (bad arguments, missing sources,
+malformed manifests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import Any, Iterable, Iterator, Sequence
+
+from jobs.raylib import add_ray_arguments
+
+DEFAULT_SHARD_MB = 64.0
+DEFAULT_FILES_PER_TASK = 256
+TASKS_PER_CPU = 2
+PROGRESS_EVERY_S = 2.0
+CHUNKS_DIR = "_chunks"
+SHARDS_DIR = "shards"
+ERROR_FIELDS = ("path", "stage", "error_type", "message")
+
+Row = tuple[str, "str | None", str, "str | None", "str | None"]
+"""One listed file as sent to a task: (path, label, group, genre, split)."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``msc featurize``."""
+    from msc_core.sources import LAYOUTS
+
+    parser = subparsers.add_parser(
+        "featurize", help="featurize an audio archive into Parquet shards on Ray",
+        description="List SRC (folders, globs, file lists, manifests, s3:// or gs:// URIs), label files by dataset "
+                    "layout, split them by group, and write one row per window to DIR/shards/*.parquet with "
+                    "DIR/errors.parquet and DIR/manifest.json. Rerunning the same command resumes. Exit code: "
+                    "0 all files done, 1 some files failed (see errors.parquet), 2 usage error.")
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="folder, glob, file list (.txt), manifest "
+                        "(.csv/.parquet with path,label[,group][,genre]), audio file or fsspec URI")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (local or URI)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="how paths give labels and groups (default: detect per file)")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="let manifests name files outside their own folder")
+    parser.add_argument("--window", choices=("first", "all"), default="all",
+                        help="'first': the paper's first 5 s only; 'all': every window (default)")
+    parser.add_argument("--hop", type=float, default=None, metavar="S",
+                        help="seconds between window starts with --window all (default: window length)")
+    parser.add_argument("--split", default="70/15/15", metavar="TRAIN/VAL/TEST",
+                        help="split fractions by group (default 70/15/15)")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB, metavar="M",
+                        help=f"most megabytes of codes per shard (default {DEFAULT_SHARD_MB:g})")
+    parser.add_argument("--files-per-task", type=int, default=DEFAULT_FILES_PER_TASK, metavar="K",
+                        help=f"files per Ray task (default {DEFAULT_FILES_PER_TASK})")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    add_ray_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``msc featurize`` from parsed arguments; returns the exit code (0 ok, 1 some files failed)."""
+    from msc_core.config import PAPER
+    from msc_core.errors import InputError
+    from msc_core.sources import parse_split
+
+    from jobs.raylib import init_ray
+
+    if args.files_per_task < 1 or args.shard_mb <= 0:
+        raise InputError("--files-per-task and --shard-mb must be positive")
+    try:
+        config = PAPER.with_window(mode=args.window, hop_seconds=args.hop)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+    fractions = parse_split(args.split)
+    init_ray(args.address, num_cpus=args.num_cpus)
+    manifest = featurize_archive(args.sources, out=args.out, config=config, layout=args.layout,
+                                 fractions=fractions, seed=args.seed, shard_mb=args.shard_mb,
+                                 files_per_task=args.files_per_task, allow_outside=args.allow_outside,
+                                 progress=not args.quiet)
+    print(summary_line(manifest), flush=True)
+    return 1 if manifest["errors"] else 0
+
+
+# ---------------------------------------------------------------------------- the task
+
+def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json: str,
+                    shard_bytes: int) -> dict[str, Any]:
+    """Featurize one chunk of files and write its shards and completion record (runs in a Ray task).
+
+    Parameters
+    ----------
+    rows : sequence of (path, label, group, genre, split)
+    chunk_id : str
+        Names the shards ``part-<chunk_id>-<n>.parquet`` and the record ``<chunk_id>.json``.
+    out : str
+        Output folder (local path or URI).
+    config_json : str
+        ``FeatureConfig.to_json()`` (window policy included).
+    shard_bytes : int
+        Most bytes of codes per shard; a file's windows are never split across shards.
+
+    Returns
+    -------
+    dict
+        The completion record: ``chunk``, ``files`` and ``windows`` counted per
+        ``"<label>/<split>"``, ``errors`` (list of dicts with :data:`ERROR_FIELDS`),
+        ``shards`` (file names), ``seconds`` (wall time of the task).
+    """
+    from msc_core.config import FeatureConfig
+
+    started = time.monotonic()
+    config = FeatureConfig.from_json(config_json)
+    writer = _ShardWriter(out=out, chunk_id=chunk_id, config=config, shard_bytes=shard_bytes)
+    files, windows, errors = Counter(), Counter(), []
+    for row in rows:
+        columns, codes, error = _featurize_file(row, config)
+        if error is not None:
+            errors.append(error)
+            continue
+        writer.add(columns, codes)
+        key = f"{row[1] or 'unlabelled'}/{row[4] or 'none'}"
+        files[key] += 1
+        windows[key] += len(codes)
+    writer.close()
+    record = {"chunk": chunk_id, "files": dict(files), "windows": dict(windows), "errors": errors,
+              "shards": writer.written, "seconds": time.monotonic() - started}
+    _write_bytes_atomic(f"{out}/{CHUNKS_DIR}/{chunk_id}.json", json.dumps(record).encode())
+    return record
+
+
+def _featurize_file(row: Row, config) -> tuple[dict[str, list] | None, Any, dict[str, str] | None]:
+    """All windows of one file as shard columns and codes (B, n_mels, frames), or an error record."""
+    import numpy as np
+
+    from msc_core.audio import AudioStream
+    from msc_core.depth import featurize
+
+    path, label, group, genre, split = row
+    stage = "open"
+    try:
+        with AudioStream.open(path) as stream:
+            info = stream.info
+            codes, starts, audio = [], [], []
+            for batch in stream.windows(config):
+                stage = "featurize"
+                codes.append(featurize(batch.samples, config))
+                starts.append(batch.start_s)
+                audio.append(batch.audio_s)
+                stage = "decode"
+    except Exception as error:  # one bad file must never stop the chunk
+        return None, None, {"path": path, "stage": stage, "error_type": type(error).__name__,
+                            "message": str(error)}
+    count = sum(len(part) for part in codes)
+    columns = {"path": [path] * count, "label": [label] * count, "group": [group] * count,
+               "genre": [genre] * count, "split": [split] * count, "window": list(range(count)),
+               "start_s": np.concatenate(starts), "duration_s": np.concatenate(audio),
+               "sample_rate": [info.sample_rate] * count, "channels": [info.channels] * count}
+    return columns, np.concatenate(codes), None
+
+
+@dataclass
+class _ShardWriter:
+    """Collects whole files' windows and writes a shard whenever ``shard_bytes`` of codes are pending."""
+
+    out: str
+    chunk_id: str
+    config: Any
+    shard_bytes: int
+    written: list[str] = field(default_factory=list)
+    _columns: list[dict[str, list]] = field(default_factory=list)
+    _codes: list[Any] = field(default_factory=list)
+    _bytes: int = 0
+
+    def add(self, columns: dict[str, list], codes) -> None:
+        if self._bytes and self._bytes + codes.nbytes > self.shard_bytes:
+            self._flush()
+        self._columns.append(columns)
+        self._codes.append(codes)
+        self._bytes += codes.nbytes
+
+    def close(self) -> None:
+        if self._codes:
+            self._flush()
+
+    def _flush(self) -> None:
+        import numpy as np
+
+        from msc_core.shards import windows_table, write_atomic
+
+        merged = {name: np.concatenate([np.asarray(part[name]) for part in self._columns]).tolist()
+                  for name in self._columns[0]}
+        table = windows_table(self.config, codes=np.concatenate(self._codes), columns=merged)
+        name = f"part-{self.chunk_id}-{len(self.written):03d}.parquet"
+        write_atomic(table, f"{self.out}/{SHARDS_DIR}/{name}")
+        self.written.append(name)
+        self._columns, self._codes, self._bytes = [], [], 0
+
+
+# ---------------------------------------------------------------------------- the driver
+
+def chunk_id_of(rows: Sequence[Row], config_json: str) -> str:
+    """Deterministic id of a chunk: 16 hex digits of a hash of its sorted rows and the full config."""
+    digest = hashlib.sha256(config_json.encode())
+    for row in sorted(rows, key=lambda r: tuple(value or "" for value in r)):
+        digest.update("\t".join(value or "" for value in row).encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def iter_chunks(sources: Sequence[str], *, layout: str, fractions: Sequence[float], seed: int,
+                files_per_task: int, allow_outside: bool) -> Iterator[list[Row]]:
+    """The listing, labelled and split, in chunks of ``files_per_task`` rows (streamed)."""
+    from msc_core.sources import assign_split, iter_items
+
+    chunk: list[Row] = []
+    for item in iter_items(sources, layout=layout, allow_outside=allow_outside):
+        split = assign_split(item.group, fractions=fractions, seed=seed) if item.label else None
+        chunk.append((item.path, item.label, item.group, item.genre, split))
+        if len(chunk) == files_per_task:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class _Totals:
+    """What the driver adds up from completion records, and prints as progress."""
+
+    started: float = field(default_factory=time.monotonic)
+    files: Counter = field(default_factory=Counter)
+    windows: Counter = field(default_factory=Counter)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    listed: int = 0
+    listing_done: bool = False
+    chunks: int = 0
+    chunks_reused: int = 0
+    new_windows: int = 0
+    shards: int = 0
+    task_seconds: float = 0.0
+    _last_print: float = 0.0
+
+    @property
+    def done_files(self) -> int:
+        return sum(self.files.values()) + len(self.errors)
+
+    def add(self, record: dict[str, Any], *, reused: bool) -> None:
+        self.files.update(record["files"])
+        self.windows.update(record["windows"])
+        self.errors.extend(record["errors"])
+        self.shards += len(record["shards"])
+        self.chunks += 1
+        self.chunks_reused += reused
+        if not reused:
+            self.task_seconds += record["seconds"]
+            self.new_windows += sum(record["windows"].values())
+
+    def progress(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_print < PROGRESS_EVERY_S:
+            return
+        self._last_print = now
+        elapsed = max(now - self.started, 1e-9)
+        done = self.done_files
+        rate = done / elapsed
+        if self.listing_done and rate > 0:
+            eta = time.strftime("%H:%M:%S", time.gmtime((self.listed - done) / rate))
+        else:
+            eta = "after listing"
+        total = str(self.listed) if self.listing_done else f"{self.listed}+ listed"
+        print(f"featurize: {done}/{total} files, {sum(self.windows.values())} windows, {len(self.errors)} errors, "
+              f"{self.new_windows / elapsed:.1f} windows/s, {rate:.1f} files/s, ETA {eta}",
+              file=sys.stderr, flush=True)
+
+
+def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str = "auto",
+                      fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                      shard_mb: float = DEFAULT_SHARD_MB, files_per_task: int = DEFAULT_FILES_PER_TASK,
+                      allow_outside: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Featurize ``sources`` into ``out`` on the connected Ray cluster (resuming earlier runs).
+
+    Parameters
+    ----------
+    sources : sequence of str
+        See :func:`msc_core.sources.iter_items`.
+    out : str
+        Output folder (local path or URI).
+    config : FeatureConfig
+        Features and window policy.
+    layout, allow_outside
+        See :func:`msc_core.sources.iter_items`.
+    fractions : (train, val, test)
+    seed : int
+        Split seed.
+    shard_mb : float
+        Most megabytes of codes per shard.
+    files_per_task : int
+    progress : bool
+        Print progress lines to stderr.
+
+    Returns
+    -------
+    dict
+        The manifest written to ``out/manifest.json``.
+    """
+    import ray
+
+    from jobs.raylib import cluster_cpus
+
+    out = out.rstrip("/")
+    config_json = config.to_json()
+    _make_dirs(out)
+    done, leftovers = _scan_output(out)
+    _delete(leftovers)
+    task = ray.remote(num_cpus=1, max_retries=1)(featurize_chunk)
+    max_in_flight = TASKS_PER_CPU * cluster_cpus()
+    shard_bytes = int(shard_mb * 2 ** 20)
+    totals = _Totals()
+    wanted: set[str] = set()
+    in_flight: dict[Any, list[Row]] = {}
+
+    def collect(refs: Iterable) -> None:
+        for ref in refs:
+            rows = in_flight.pop(ref)
+            try:
+                totals.add(ray.get(ref), reused=False)
+            except (ray.exceptions.RayError, OSError) as error:
+                message = f"task of chunk failed: {error}".splitlines()[0]
+                totals.add({"files": {}, "windows": {}, "shards": [], "seconds": 0.0, "errors": [
+                    {"path": row[0], "stage": "task", "error_type": type(error).__name__, "message": message}
+                    for row in rows]}, reused=False)
+            if progress:
+                totals.progress()
+
+    for rows in iter_chunks(sources, layout=layout, fractions=fractions, seed=seed,
+                            files_per_task=files_per_task, allow_outside=allow_outside):
+        chunk_id = chunk_id_of(rows, config_json)
+        totals.listed += len(rows)
+        if chunk_id in wanted:
+            continue  # the same files listed twice in a row of sources
+        wanted.add(chunk_id)
+        if chunk_id in done:
+            totals.add(_read_json(done[chunk_id]), reused=True)
+            continue
+        while len(in_flight) >= max_in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            collect(ready)
+        ref = task.remote(rows, chunk_id=chunk_id, out=out, config_json=config_json, shard_bytes=shard_bytes)
+        in_flight[ref] = rows
+    totals.listing_done = True
+    while in_flight:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        collect(ready)
+    _delete(_stale_outputs(out, wanted))
+    manifest = _manifest(totals, sources=sources, out=out, config=config, layout=layout, fractions=fractions,
+                         seed=seed, shard_mb=shard_mb, files_per_task=files_per_task, allow_outside=allow_outside)
+    _write_errors(totals.errors, f"{out}/errors.parquet")
+    _write_bytes_atomic(f"{out}/manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    if progress:
+        totals.progress(force=True)
+    return manifest
+
+
+def _list_files(folder: str) -> list[str]:
+    """Full paths (local, or URIs) of the files directly in ``folder``; empty when it does not exist."""
+    import pyarrow.fs as pafs
+
+    from msc_core.shards import resolve_filesystem
+
+    filesystem, inner = resolve_filesystem(folder)
+    prefix = folder[:len(folder) - len(inner)] if folder.endswith(inner) else ""
+    selector = pafs.FileSelector(inner, allow_not_found=True)
+    return [prefix + info.path for info in filesystem.get_file_info(selector) if info.type == pafs.FileType.File]
+
+
+def _chunk_of(name: str) -> str | None:
+    """Chunk id of ``part-<chunk>-<n>.parquet`` or ``<chunk>.json``; None for anything else."""
+    base = name.rsplit("/", 1)[-1]
+    if base.startswith("part-") and base.endswith(".parquet"):
+        return base[len("part-"):].split("-", 1)[0]
+    if base.endswith(".json"):
+        return base[:-len(".json")]
+    return None
+
+
+def _scan_output(out: str) -> tuple[dict[str, str], list[str]]:
+    """Completion records of finished chunks (id -> record path), and files to delete before resuming.
+
+    To delete: ``*.tmp-*`` files, and shards of chunks without a completion record.
+    """
+    records = {_chunk_of(path): path for path in _list_files(f"{out}/{CHUNKS_DIR}") if ".tmp-" not in path}
+    records.pop(None, None)
+    leftovers = [path for path in _list_files(f"{out}/{CHUNKS_DIR}") if ".tmp-" in path]
+    for path in _list_files(f"{out}/{SHARDS_DIR}"):
+        if ".tmp-" in path or _chunk_of(path) not in records:
+            leftovers.append(path)
+    return records, leftovers
+
+
+def _stale_outputs(out: str, wanted: set[str]) -> list[str]:
+    """Shards and records of chunks that this run did not list (earlier runs with other inputs)."""
+    return [path for folder in (f"{out}/{SHARDS_DIR}", f"{out}/{CHUNKS_DIR}") for path in _list_files(folder)
+            if _chunk_of(path) not in wanted]
+
+
+def _make_dirs(out: str) -> None:
+    from msc_core.shards import resolve_filesystem
+
+    filesystem, inner = resolve_filesystem(out)
+    for folder in (SHARDS_DIR, CHUNKS_DIR):
+        filesystem.create_dir(f"{inner}/{folder}", recursive=True)
+
+
+def _delete(paths: Iterable[str]) -> None:
+    from msc_core.shards import resolve_filesystem
+
+    for path in paths:
+        filesystem, inner = resolve_filesystem(path)
+        filesystem.delete_file(inner)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    from msc_core.shards import resolve_filesystem
+
+    filesystem, inner = resolve_filesystem(path)
+    with filesystem.open_input_stream(inner) as handle:
+        return json.loads(handle.read())
+
+
+def _write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``<path>.tmp-<random>`` and rename it to ``path``."""
+    import uuid
+
+    from msc_core.shards import resolve_filesystem
+
+    filesystem, inner = resolve_filesystem(path)
+    temporary = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"
+    with filesystem.open_output_stream(temporary) as sink:
+        sink.write(data)
+    filesystem.move(temporary, inner)
+
+
+def _write_errors(errors: list[dict[str, str]], path: str) -> None:
+    import pyarrow as pa
+
+    from msc_core.shards import write_atomic
+
+    schema = pa.schema([(name, pa.string()) for name in ERROR_FIELDS])
+    write_atomic(pa.Table.from_pylist(errors, schema=schema), path)
+
+
+def _nested(counter: Counter) -> dict[str, dict[str, int]]:
+    """``{"music/train": 3}`` -> ``{"music": {"train": 3}}``."""
+    nested: dict[str, dict[str, int]] = {}
+    for key, count in sorted(counter.items()):
+        label, split = key.split("/")
+        nested.setdefault(label, {})[split] = count
+    return nested
+
+
+def _versions() -> dict[str, str]:
+    import ray
+
+    from msc_core.shards import msc_version
+
+    versions = {"msc": msc_version(), "ray": ray.__version__, "python": platform.python_version()}
+    for package in ("tensorflow-cpu", "tensorflow", "numpy", "librosa", "soxr", "soundfile", "pyarrow"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _manifest(totals: _Totals, *, sources, out, config, layout, fractions, seed, shard_mb, files_per_task,
+              allow_outside) -> dict[str, Any]:
+    elapsed = time.monotonic() - totals.started
+    windows = sum(totals.windows.values())
+    return {
+        "config": json.loads(config.to_json()),
+        "feature_hash": config.hash,
+        "inputs": {"sources": list(sources), "out": out, "layout": layout, "allow_outside": allow_outside,
+                   "split": list(fractions), "seed": seed, "shard_mb": shard_mb, "files_per_task": files_per_task},
+        "counts": {"files": _nested(totals.files), "windows": _nested(totals.windows)},
+        "files": sum(totals.files.values()),
+        "windows": windows,
+        "errors": len(totals.errors),
+        "listed": totals.listed,
+        "chunks": totals.chunks,
+        "chunks_reused": totals.chunks_reused,
+        "shards": totals.shards,
+        "versions": _versions(),
+        "timings": {"seconds": elapsed, "windows_per_s": totals.new_windows / max(elapsed, 1e-9),
+                    "task_seconds": totals.task_seconds},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def summary_line(manifest: dict[str, Any]) -> str:
+    """One line for the console: files, windows, errors, shards, time and where things are."""
+    timings = manifest["timings"]
+    return (f"featurize done: {manifest['files']} files, {manifest['windows']} windows, {manifest['errors']} errors, "
+            f"{manifest['shards']} shards ({manifest['chunks_reused']}/{manifest['chunks']} chunks reused) in "
+            f"{timings['seconds']:.1f} s ({timings['windows_per_s']:.1f} windows/s) -> {manifest['inputs']['out']}")
+
+
+# ---------------------------------------------------------------------------- readers
+
+def read_shards_ray(source: str | Sequence[str]):
+    """A Ray Dataset over shards: a featurize output folder, a folder of shards, or shard paths.
+
+    Columns as in :func:`msc_core.shards.shard_schema`; decode ``codes`` with
+    :func:`msc_core.shards.codes_from_arrow` inside ``map_batches(batch_format="pyarrow")``.
+    """
+    import ray
+
+    from msc_core.shards import list_shards
+
+    return ray.data.read_parquet(list_shards(source))
+
+
+if __name__ == "__main__":
+    from jobs.cli import main
+
+    sys.exit(main(["featurize", *sys.argv[1:]]))
