@@ -36,12 +36,9 @@ from typing import Any, Literal, Mapping
 import keras
 import numpy as np
 
-from .config import PAPER, FeatureConfig, require_same_features
+from .config import LABELS, PAPER, FeatureConfig, require_same_features
 from .depth import COLORMAP_SIZE, depth_tables
 from .errors import ModelLoadError
-
-#: Output index -> label, as in the paper.
-LABELS = ("speech", "music")
 
 MODEL_FILE = "model.keras"
 FEATURE_CONFIG_FILE = "feature_config.json"
