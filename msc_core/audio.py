@@ -3,14 +3,18 @@
 Files are read in blocks, mixed down to mono (mean of channels) and resampled
 with soxr "HQ" (the resampler behind ``librosa.load``) in streaming mode, which
 gives the same samples as resampling the whole file at once. A 3-hour file is
-therefore never held in memory: only the current block and one window are.
+therefore never held in memory: only the current block, one window and one
+batch of windows are.
 
 Decoders: libsndfile through soundfile (WAV 8/16/24/32-bit int and float,
 FLAC, OGG/Vorbis, MP3, AIFF, ...), then FFmpeg through PyAV for what
 libsndfile cannot open (M4A/AAC, Opus, WMA, ...).
 
 Every failure is an :class:`~msc_core.errors.AudioDecodeError` naming the
-file and the reason.
+file and the reason. A file whose data ends before its header says (a
+truncated download or copy) is not an error: the audio that is there is
+decoded, as ``librosa.load`` does, and :attr:`AudioStream.decoded_s` tells how
+much that was.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ class AudioStream:
         AudioDecodeError
             Missing, unreadable, empty, non-audio, unsupported or absurd files.
         """
-        path = name or str(getattr(source, "name", source))
+        path = name or _source_name(source)
         closer = contextlib.ExitStack()
         try:
             handle = closer.enter_context(_open_binary(source, path))
@@ -228,11 +232,20 @@ class AudioStream:
                 row[:audio] = buffer[next_start - buffer_start:]
                 pending.append((next_start, audio, row))
                 emitted += 1
+                if len(pending) >= batch_windows:
+                    yield from flush()
             if first_only:
                 break
             next_start += hop
-        self.truncated = next_start < end
+        self.truncated = not first_only and next_start < end
         yield from flush()
+
+
+def _source_name(source: str | os.PathLike | BinaryIO) -> str:
+    """The full path or URI of ``source``; for a file object, its ``name`` if it has one."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return str(getattr(source, "name", "<file object>"))
 
 
 def _open_binary(source: str | os.PathLike | BinaryIO, path: str):
@@ -275,8 +288,8 @@ def _open_decoder(handle: BinaryIO, path: str, closer: contextlib.ExitStack) -> 
         except AudioDecodeError:
             raise
         except Exception as ffmpeg_error:
-            raise AudioDecodeError(path, f"not a decodable audio file ({sndfile_error}; FFmpeg: {ffmpeg_error})") \
-                from ffmpeg_error
+            raise AudioDecodeError(path, f"not a decodable audio file (libsndfile: {_message(sndfile_error)}; "
+                                         f"FFmpeg: {_message(ffmpeg_error)})") from ffmpeg_error
     duration = sound.frames / sound.samplerate if sound.samplerate > 0 else None
     info = AudioInfo(path, int(sound.samplerate), int(sound.channels), duration, f"{sound.format}/{sound.subtype}")
 
@@ -298,6 +311,10 @@ def _open_with_ffmpeg(handle: BinaryIO, path: str, closer: contextlib.ExitStack)
     if not container.streams.audio:
         raise AudioDecodeError(path, "no audio stream in the container")
     stream = container.streams.audio[0]
+    if stream.codec_context is None:
+        raise AudioDecodeError(path, "unsupported codec (FFmpeg has no decoder for its audio stream)")
+    if not stream.codec_context.sample_rate or not stream.codec_context.channels:
+        raise AudioDecodeError(path, "not a decodable audio file (FFmpeg: audio stream without rate or channels)")
     duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
     if duration is None and container.duration:
         duration = container.duration / 1_000_000
@@ -311,6 +328,11 @@ def _open_with_ffmpeg(handle: BinaryIO, path: str, closer: contextlib.ExitStack)
                 yield np.ascontiguousarray(planar.to_ndarray().T, dtype=np.float32)
 
     return info, blocks()
+
+
+def _message(error: Exception) -> str:
+    """A decoder's own words for ``error``, without the repr of the file object it was given."""
+    return getattr(error, "error_string", None) or getattr(error, "strerror", None) or str(error)
 
 
 def _check_declared(info: AudioInfo, limits: DecodeLimits) -> None:
