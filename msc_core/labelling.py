@@ -1,0 +1,389 @@
+"""Labelling files with a model: window probabilities -> one row per file, segments, a small API.
+
+How a file is labelled
+----------------------
+1. The file is cut into windows under a :class:`~msc_core.config.WindowPolicy`
+   (``window="all"``: every ``hop_s`` seconds, default 5 s back to back;
+   ``window="first"``: the paper's rule, the first 5 s only) and each window is
+   featurized into compact codes (:func:`featurize_file`).
+2. The model gives each window [speech, music] probabilities.
+3. **Aggregation** (:func:`aggregate`): the file's probabilities are the *mean*
+   of its windows' probabilities; ``label`` is the argmax (speech on a tie),
+   ``confidence`` the larger mean probability; ``music_fraction`` and
+   ``speech_fraction`` are the shares of windows whose own argmax is that label.
+4. **Segments** (:func:`segments_of`): window ``i`` stands for the span from its
+   start to the next window's start (the last one to the end of the file), so
+   the spans tile the file from 0 to ``duration_s`` with no gap or overlap;
+   neighbouring spans with the same window label merge into one segment whose
+   ``confidence`` is the mean of its windows' top probability.
+
+A file that cannot be decoded gives a :class:`FileLabel` with
+``status="error"`` and the decoder's reason in ``error`` (no exception).
+
+Example
+-------
+>>> from msc_core.labelling import load_model, label_file
+>>> model = load_model("models/msc-v1")          # or load_model() for the bundled default
+>>> result = label_file("talk.mp3", model)       # every 5-s window of the file
+>>> result.label, round(result.confidence, 2)
+('speech', 0.93)
+>>> for segment in result.segments:
+...     print(f"{segment.start_s:7.1f} {segment.end_s:7.1f} {segment.label}")
+>>> result.row()                                 # the fields of a predictions.csv row
+
+``label_array(samples, sample_rate, model)`` labels audio already in memory;
+``featurize_file(path, config)`` gives the windows' start times and codes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from .audio import AudioStream
+from .config import LABELS, PAPER, FeatureConfig
+from .depth import featurize
+from .errors import AudioDecodeError, ModelLoadError
+
+if TYPE_CHECKING:
+    from .model import MscModel
+
+SPEECH, MUSIC = LABELS.index("speech"), LABELS.index("music")
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+"""Where the package's bundled model lives once it ships (see :func:`load_model`)."""
+
+PREDICTIONS_SCHEMA = pa.schema([
+    ("path", pa.string()), ("label", pa.string()), ("confidence", pa.float64()), ("p_music", pa.float64()),
+    ("p_speech", pa.float64()), ("duration_s", pa.float64()), ("windows", pa.int32()),
+    ("music_fraction", pa.float64()), ("speech_fraction", pa.float64()), ("model_id", pa.string()),
+    ("feature_hash", pa.string()), ("status", pa.string()), ("error", pa.string()),
+])
+"""``predictions.parquet``: one row per input file (label and numbers null when ``status="error"``)."""
+
+WINDOWS_SCHEMA = pa.schema([
+    ("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("p_music", pa.float64()),
+])
+"""``windows.parquet``: one row per window; ``end_s`` is where the window's real audio ends."""
+
+SEGMENTS_SCHEMA = pa.schema([
+    ("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()),
+    ("confidence", pa.float64()),
+])
+"""``segments.parquet``: merged runs of one label, tiling each ok file from 0 to its duration."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of windows with one label.
+
+    Attributes
+    ----------
+    start_s, end_s : float
+        Span in the file (s).
+    label : str
+        ``"music"`` or ``"speech"``.
+    confidence : float
+        Mean over the run's windows of their top probability.
+    """
+
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class FileFeatures:
+    """The windows of one file, featurized.
+
+    Attributes
+    ----------
+    path : str
+    start_s : np.ndarray, float64, shape (W,)
+        Window starts (s).
+    end_s : np.ndarray, float64, shape (W,)
+        Where each window's real audio ends (s); the rest of the window is padding.
+    codes : np.ndarray, uint8, shape (W, n_mels, frames)
+        Compact depth-layer codes (:func:`msc_core.depth.featurize`).
+    duration_s : float
+        Length of the file (s): decoded, or as declared when ``window="first"``
+        stopped decoding early.
+    """
+
+    path: str
+    start_s: np.ndarray
+    end_s: np.ndarray
+    codes: np.ndarray
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class FileLabel:
+    """Everything msc says about one file: a ``predictions`` row plus its windows and segments.
+
+    Attributes
+    ----------
+    path, label, confidence, p_music, p_speech, duration_s, windows, music_fraction,
+    speech_fraction, model_id, feature_hash, status, error
+        The row's fields (:data:`PREDICTIONS_SCHEMA`); with ``status="error"``
+        the numbers and label are None, ``windows`` is 0 and ``error`` says why.
+    window_start_s, window_end_s, window_p_music : np.ndarray, float64, shape (windows,)
+        Per-window start, end of real audio (s) and music probability.
+    segments : tuple of Segment
+        Tile ``[0, duration_s]`` (empty for an error).
+    """
+
+    path: str
+    label: str | None
+    confidence: float | None
+    p_music: float | None
+    p_speech: float | None
+    duration_s: float | None
+    windows: int
+    music_fraction: float | None
+    speech_fraction: float | None
+    model_id: str
+    feature_hash: str
+    status: Literal["ok", "error"]
+    error: str | None
+    window_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    window_end_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    window_p_music: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    segments: tuple[Segment, ...] = ()
+
+    def row(self) -> dict:
+        """The ``predictions`` row: a dict keyed by :data:`PREDICTIONS_SCHEMA` names."""
+        return {name: getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+
+    @classmethod
+    def failed(cls, path: str, error: str, *, model_id: str, feature_hash: str) -> "FileLabel":
+        """The label of a file that could not be read: ``status="error"`` with the reason."""
+        return cls(path=path, label=None, confidence=None, p_music=None, p_speech=None, duration_s=None,
+                   windows=0, music_fraction=None, speech_fraction=None, model_id=model_id,
+                   feature_hash=feature_hash, status="error", error=error)
+
+
+# ---------------------------------------------------------------------------------------- pure maths
+def segments_of(start_s: np.ndarray, probs: np.ndarray, duration_s: float) -> tuple[Segment, ...]:
+    """Merge windows into runs of one label that tile ``[0, duration_s]``.
+
+    Parameters
+    ----------
+    start_s : np.ndarray, float, shape (W,), W >= 1
+        Window starts (s), increasing, the first 0.
+    probs : np.ndarray, float, shape (W, 2)
+        [speech, music] probabilities of each window.
+    duration_s : float
+        End of the file (s).
+
+    Returns
+    -------
+    tuple of Segment
+        Window ``i`` covers ``[start_s[i], start_s[i + 1])``, the last one up to
+        ``duration_s``; equal neighbours merge.
+    """
+    winners = np.argmax(probs, axis=1)
+    top = np.max(probs, axis=1)
+    bounds = np.append(np.asarray(start_s, np.float64), max(float(duration_s), float(start_s[-1])))
+    change = np.flatnonzero(np.diff(winners)) + 1
+    runs = np.split(np.arange(len(winners)), change)
+    return tuple(Segment(float(bounds[run[0]]), float(bounds[run[-1] + 1]), LABELS[winners[run[0]]],
+                         float(top[run].mean())) for run in runs)
+
+
+def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: float, probs: np.ndarray,
+              model_id: str, feature_hash: str) -> FileLabel:
+    """One file's label from its windows' probabilities (mean, argmax, max; see the module docstring).
+
+    Parameters
+    ----------
+    path : str
+    start_s, end_s : np.ndarray, float, shape (W,), W >= 1
+        Window starts and ends of real audio (s).
+    duration_s : float
+        Length of the file (s).
+    probs : np.ndarray, float, shape (W, 2)
+        [speech, music] probabilities of each window.
+    model_id, feature_hash : str
+        Recorded in the row.
+    """
+    probs = np.asarray(probs, np.float64)
+    mean = probs.mean(axis=0)
+    winner = int(np.argmax(mean))
+    music_fraction = float(np.mean(np.argmax(probs, axis=1) == MUSIC))
+    return FileLabel(
+        path=path, label=LABELS[winner], confidence=float(mean[winner]), p_music=float(mean[MUSIC]),
+        p_speech=float(mean[SPEECH]), duration_s=float(duration_s), windows=len(probs),
+        music_fraction=music_fraction, speech_fraction=1.0 - music_fraction, model_id=model_id,
+        feature_hash=feature_hash, status="ok", error=None, window_start_s=np.asarray(start_s, np.float64),
+        window_end_s=np.asarray(end_s, np.float64), window_p_music=probs[:, MUSIC],
+        segments=segments_of(start_s, probs, duration_s))
+
+
+def label_tables(labels: Iterable[FileLabel]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The ``predictions``, ``windows`` and ``segments`` tables of some files, in their order."""
+    labels = list(labels)
+    predictions = pa.Table.from_pylist([label.row() for label in labels], schema=PREDICTIONS_SCHEMA)
+    windows = pa.table({
+        "path": [label.path for label in labels for _ in range(label.windows)],
+        "start_s": np.concatenate([label.window_start_s for label in labels] or [np.zeros(0)]),
+        "end_s": np.concatenate([label.window_end_s for label in labels] or [np.zeros(0)]),
+        "p_music": np.concatenate([label.window_p_music for label in labels] or [np.zeros(0)]),
+    }, schema=WINDOWS_SCHEMA)
+    segments = pa.Table.from_pylist([{"path": label.path, **vars(segment)} for label in labels
+                                     for segment in label.segments], schema=SEGMENTS_SCHEMA)
+    return predictions, windows, segments
+
+
+# ---------------------------------------------------------------------------------------- features
+def window_config(window: Literal["first", "all"] = "all", hop_s: float | None = None) -> FeatureConfig:
+    """The paper's features with a window policy: ``"first"`` 5 s, or ``"all"`` every ``hop_s`` s (default 5)."""
+    return PAPER.with_window(mode=window, hop_seconds=hop_s)
+
+
+def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: FeatureConfig = PAPER, *,
+                   name: str | None = None, batch_windows: int = 16) -> FileFeatures:
+    """Decode one file, cut it into windows under ``config.window`` and featurize them.
+
+    Memory holds the file's codes (27,520 bytes per window) plus one decode block.
+
+    Parameters
+    ----------
+    source : str, PathLike or binary file object
+        Path, fsspec URI or open file.
+    config : FeatureConfig
+        Features and window policy (:func:`window_config`).
+    name : str or None
+        Name used in errors and ``FileFeatures.path`` (default: the source's).
+    batch_windows : int
+        Windows featurized together.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file cannot be decoded.
+    """
+    starts, ends, codes = [], [], []
+    with AudioStream.open(source, name=name) as stream:
+        for batch in stream.windows(config, batch_windows=batch_windows):
+            starts.append(batch.start_s)
+            ends.append(batch.start_s + batch.audio_s)
+            codes.append(featurize(batch.samples, config))
+        duration = stream.decoded_s
+        if config.window.mode == "first" and stream.info.duration_s:
+            duration = max(duration, stream.info.duration_s)
+        path = stream.path
+    return FileFeatures(path, np.concatenate(starts), np.concatenate(ends), np.concatenate(codes), duration)
+
+
+# ---------------------------------------------------------------------------------------- API
+def load_model(path: str | os.PathLike | None = None) -> "MscModel":
+    """Load an msc model directory, checked to read the features msc computes (:data:`PAPER`).
+
+    Parameters
+    ----------
+    path : str, PathLike or None
+        Model directory (``msc train`` output, ``msc models import-paper``
+        output, ...); None takes the model bundled with the package.
+
+    Raises
+    ------
+    ModelLoadError
+        No such model, or no bundled model when ``path`` is None.
+    FeatureConfigMismatchError
+        The model reads other features than msc computes.
+    """
+    from .model import load_model_dir
+
+    if path is None:
+        if not DEFAULT_MODEL_DIR.is_dir():
+            raise ModelLoadError("no model given and this msc has no bundled default model; "
+                                 "pass a model directory (--model DIR)")
+        path = DEFAULT_MODEL_DIR
+    return load_model_dir(path, expected_config=PAPER)
+
+
+def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int = 32) -> FileLabel:
+    """Run ``model`` on a file's featurized windows and :func:`aggregate` them."""
+    probs = model.predict_codes(features.codes, batch_size=batch_size)
+    return aggregate(features.path, start_s=features.start_s, end_s=features.end_s, duration_s=features.duration_s,
+                     probs=probs, model_id=model.model_id, feature_hash=model.config.hash)
+
+
+def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal["first", "all"] = "all",
+               hop_s: float | None = None, batch_size: int = 32) -> FileLabel:
+    """Label one audio file (what ``msc predict`` prints and ``msc infer`` writes for it).
+
+    Parameters
+    ----------
+    source : str or PathLike
+        Path or fsspec URI.
+    model : MscModel
+        From :func:`load_model`.
+    window : {"all", "first"}
+        Every window (default), or the paper's first 5 s only.
+    hop_s : float or None
+        Seconds between window starts with ``window="all"`` (default: 5, back to back).
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    FileLabel
+        ``status="error"`` with the reason when the file cannot be decoded.
+    """
+    try:
+        features = featurize_file(source, window_config(window, hop_s))
+    except AudioDecodeError as error:
+        return FileLabel.failed(str(source), str(error), model_id=model.model_id, feature_hash=model.config.hash)
+    return label_features(features, model, batch_size=batch_size)
+
+
+def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
+                window: Literal["first", "all"] = "all", hop_s: float | None = None, batch_size: int = 32,
+                name: str = "<array>") -> FileLabel:
+    """Label audio already in memory, exactly as :func:`label_file` labels the same samples in a WAV file.
+
+    Parameters
+    ----------
+    samples : np.ndarray, float, shape (n,) or (n, channels)
+        Audio in [-1, 1] at ``sample_rate``; channels are averaged.
+    sample_rate : int
+        Hz.
+    model, window, hop_s, batch_size
+        As in :func:`label_file`.
+    name : str
+        ``path`` of the result.
+    """
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.asarray(samples, np.float32), int(sample_rate), format="WAV", subtype="FLOAT")
+    buffer.seek(0)
+    try:
+        features = featurize_file(buffer, window_config(window, hop_s), name=name)
+    except AudioDecodeError as error:
+        return FileLabel.failed(name, str(error), model_id=model.model_id, feature_hash=model.config.hash)
+    return label_features(features, model, batch_size=batch_size)
+
+
+def format_label(label: FileLabel, *, segments: bool = True) -> str:
+    """Human-readable lines for one file: the label and confidence, then its segments."""
+    if label.status != "ok":
+        return f"{label.path}: error: {label.error}"
+    lines = [f"{label.path}: {label.label} (confidence {label.confidence:.2f}, {label.windows} windows, "
+             f"{label.duration_s:.1f} s, music {label.music_fraction:.0%} of windows)"]
+    if segments:
+        lines += [f"  {s.start_s:9.2f} - {s.end_s:9.2f} s  {s.label:<6} {s.confidence:.2f}" for s in label.segments]
+    return "\n".join(lines)
+
+
+def label_dict(label: FileLabel) -> dict:
+    """A JSON-ready dict: the row's fields plus ``segments`` (list of dicts)."""
+    return {**label.row(), "segments": [vars(segment) for segment in label.segments]}

@@ -1,0 +1,181 @@
+"""``msc infer`` on a local 2-CPU Ray and ``msc predict``: a mixed archive, broken files, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from jobs.cli import main
+from msc_core import synth
+from msc_core.config import PAPER
+from msc_core.depth import featurize
+from msc_core.model import build_model, save_model_dir
+from tests.conftest import REPO, write_audio
+
+LONG_SECONDS = 610.0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A small model trained for a few steps on synthetic music (1) and speech (0) windows."""
+    rate, size = PAPER.sample_rate, PAPER.window_samples
+    music = [synth.music_like(5.0, sample_rate=rate, seed=seed) for seed in range(4)]
+    speech = [synth.speech_like(5.0, sample_rate=rate, seed=seed) for seed in range(4)]
+    codes = featurize(np.stack([clip[:size] for clip in music + speech]), PAPER)
+    labels = np.array([1] * len(music) + [0] * len(speech))
+    model = build_model(PAPER, widths=(4, 8, 16), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(codes, labels, batch_size=4, epochs=3, shuffle=True, verbose=0)
+    out = tmp_path_factory.mktemp("model") / "small"
+    save_model_dir(model, PAPER, out, source="trained", extra={"purpose": "tests"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Mixed lengths and formats, broken files, one over 10 minutes; maps each file to what it is."""
+    root = tmp_path_factory.mktemp("archive")
+    made = {
+        write_audio(root / "a_music.wav", "music", 7.0, sample_rate=44100, channels=2): "ok",
+        write_audio(root / "b_speech.flac", "speech", 12.0, sample_rate=16000): "ok",
+        write_audio(root / "c_short.ogg", "music", 3.0, sample_rate=22050): "ok",
+        write_audio(root / "sub" / "d_speech.mp3", "speech", 9.0, sample_rate=22050): "ok",
+        write_audio(root / "sub" / "e_music.wav", "music", 16.0, sample_rate=11025, subtype="PCM_24"): "ok",
+    }
+    long = root / "sub" / "f_long.wav"
+    clip = synth.speech_like(10.0, sample_rate=8000, seed=9)
+    sf.write(long, np.tile(clip, int(LONG_SECONDS / 10) + 1)[: int(LONG_SECONDS * 8000)], 8000)
+    made[long] = "ok"
+    (root / "g_empty.wav").write_bytes(b"")
+    (root / "h_noise.flac").write_bytes(np.random.default_rng(0).bytes(4000))
+    (root / "sub" / "i_text.wav").write_text("this is not audio\n" * 20)
+    made.update({root / "g_empty.wav": "error", root / "h_noise.flac": "error", root / "sub" / "i_text.wav": "error"})
+    return root, {str(path): status for path, status in made.items()}
+
+
+def read_outputs(out: Path) -> dict[str, pd.DataFrame]:
+    return {name: pq.read_table(out / f"{name}.parquet").to_pandas() for name in ("predictions", "windows",
+                                                                                 "segments")}
+
+
+def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, capsys):
+    root, expected = archive
+    out = tmp_path / "out"
+    code = main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "3"])
+    assert code == 1  # three broken files
+    summary = capsys.readouterr().out
+    assert "9 files, 6 ok" in summary and "3 failed" in summary
+    tables = read_outputs(out)
+    predictions, windows, segments = tables["predictions"], tables["windows"], tables["segments"]
+
+    assert sorted(predictions["path"]) == sorted(expected)  # every file exactly once
+    by_path = predictions.set_index("path")
+    for path, status in expected.items():
+        assert by_path.loc[path, "status"] == status
+    errors = predictions[predictions.status == "error"]
+    assert errors["error"].str.len().gt(0).all() and errors["label"].isna().all()
+    assert "empty file" in by_path.loc[str(root / "g_empty.wav"), "error"]
+
+    ok = predictions[predictions.status == "ok"]
+    assert set(ok["label"]) <= {"music", "speech"} and ok["error"].isna().all()
+    np.testing.assert_allclose(ok["p_music"] + ok["p_speech"], 1, atol=1e-5)
+    np.testing.assert_allclose(ok["confidence"], np.maximum(ok["p_music"], ok["p_speech"]))
+    assert (ok["model_id"].str.startswith("trained-")).all() and (ok["feature_hash"] == PAPER.hash).all()
+    long = by_path.loc[str(root / "sub" / "f_long.wav")]
+    assert long["duration_s"] == pytest.approx(LONG_SECONDS) and long["windows"] == LONG_SECONDS // 5
+
+    # windows.parquet agrees with the per-file rows
+    per_file = windows.groupby("path")
+    assert per_file.size().to_dict() == ok.set_index("path")["windows"].to_dict()
+    np.testing.assert_allclose(per_file["p_music"].mean().sort_index(), ok.set_index("path")["p_music"].sort_index(),
+                               rtol=1e-6)
+    assert (windows["end_s"] > windows["start_s"]).all()
+
+    # segments tile every ok file end to end
+    assert set(segments["path"]) == set(ok["path"])
+    for path, group in segments.groupby("path", sort=False):
+        starts, ends = group["start_s"].to_numpy(), group["end_s"].to_numpy()
+        assert starts[0] == 0 and np.array_equal(starts[1:], ends[:-1])
+        assert ends[-1] == pytest.approx(by_path.loc[path, "duration_s"])
+        assert (group["label"].to_numpy()[1:] != group["label"].to_numpy()[:-1]).all()
+
+    # CSV and Parquet agree
+    for name in ("predictions", "segments"):
+        csv = pd.read_csv(out / f"{name}.csv")
+        pd.testing.assert_frame_equal(csv, tables[name], check_dtype=False)
+
+    # a rerun into the same DIR finds everything done and rewrites the same results
+    assert main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "3"]) == 1
+    pd.testing.assert_frame_equal(read_outputs(out)["predictions"], predictions)
+
+
+def test_interrupted_run_resumes(ray_local, model_dir, tmp_path):
+    root = tmp_path / "files"
+    paths = [write_audio(root / f"{index:02d}.wav", ("music", "speech")[index % 2], 6.0 + index, seed=index)
+             for index in range(10)]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "jobs.infer", str(root), "--model", str(model_dir), "--out", str(out),
+               "--chunk-files", "1", "--num-cpus", "2"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / "parts" / "predictions"
+    try:
+        deadline = time.monotonic() + 150
+        while not list(parts.glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    before = {path.name: path.stat().st_mtime_ns for path in parts.glob("*.parquet")}
+    assert 1 <= len(before) < len(paths), "the job must be killed midway"
+    assert not (out / "predictions.parquet").exists()
+
+    assert main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "1"]) == 0
+    after = {path.name: path.stat().st_mtime_ns for path in parts.glob("*.parquet")}
+    assert len(after) == len(paths)
+    assert all(after[name] == mtime for name, mtime in before.items())  # done chunks were skipped
+    predictions = pq.read_table(out / "predictions.parquet").to_pandas()
+    assert sorted(predictions["path"]) == sorted(map(str, paths))
+    assert (predictions["status"] == "ok").all()
+
+
+def test_infer_refuses_other_features(ray_local, model_dir, archive, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.keras", "model.json"):
+        (other / name).write_bytes((model_dir / name).read_bytes())
+    config = PAPER.__class__(n_mels=64)
+    metadata = json.loads((model_dir / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**metadata, "feature_hash": config.hash}))
+    (other / "feature_config.json").write_text(config.to_json())
+    code = main(["infer", str(archive[0]), "--model", str(other), "--out", str(tmp_path / "out")])
+    assert code == 2 and "feature config" in capsys.readouterr().err
+
+
+def test_predict_prints_labels_and_json(model_dir, archive):
+    root, _ = archive
+    files = [str(root / "a_music.wav"), str(root / "g_empty.wav")]
+    script = ("import sys; from jobs.cli import main; code = main(sys.argv[1:]); "
+              "assert 'ray' not in sys.modules, 'msc predict imported ray'; sys.exit(code)")
+    command = [sys.executable, "-c", script, "predict", *files, "--model", str(model_dir)]
+    text = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert text.returncode == 1, text.stderr
+    assert "a_music.wav: " in text.stdout and "confidence" in text.stdout and "empty file" in text.stdout
+    scripted = subprocess.run([*command, "--json"], cwd=REPO, capture_output=True, text=True)
+    assert scripted.returncode == 1, scripted.stderr
+    rows = json.loads(scripted.stdout)
+    assert [row["status"] for row in rows] == ["ok", "error"]
+    assert rows[0]["segments"][0]["start_s"] == 0 and rows[0]["segments"][-1]["end_s"] == pytest.approx(7.0)

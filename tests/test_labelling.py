@@ -1,0 +1,91 @@
+"""The pure labelling layer: aggregation, segments, tables and the small Python API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msc_core import synth
+from msc_core.config import PAPER
+from msc_core.errors import ModelLoadError
+from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, aggregate, featurize_file, label_array, label_dict,
+                                label_file, label_tables, load_model, segments_of, window_config)
+from msc_core.model import MscModel, build_model
+from tests.conftest import write_audio
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> MscModel:
+    """An untrained small model: enough to check plumbing, not labels."""
+    return MscModel(build_model(PAPER, widths=(2, 2, 2), dense=(4, 4), seed=0), PAPER, {"model_id": "tiny"})
+
+
+def test_segments_merge_runs_and_tile_the_file():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
+    segments = segments_of(np.arange(5) * 5.0, probs, 23.5)
+    assert [(s.start_s, s.end_s, s.label) for s in segments] == [
+        (0.0, 10.0, "speech"), (10.0, 20.0, "music"), (20.0, 23.5, "speech")]
+    assert segments[0].confidence == pytest.approx(0.85)
+    assert segments[1].confidence == pytest.approx(0.65)
+
+
+def test_aggregate_is_mean_argmax_max():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    label = aggregate("a.wav", start_s=np.array([0.0, 5, 10]), end_s=np.array([5.0, 10, 12]), duration_s=12.0,
+                      probs=probs, model_id="m", feature_hash="h")
+    assert label.label == "music"
+    assert label.p_music == pytest.approx(1.6 / 3) and label.p_speech == pytest.approx(1.4 / 3)
+    assert label.confidence == pytest.approx(label.p_music)
+    assert label.music_fraction == pytest.approx(2 / 3) and label.speech_fraction == pytest.approx(1 / 3)
+    assert label.windows == 3 and label.status == "ok" and label.error is None
+    assert [s.label for s in label.segments] == ["speech", "music"]
+    assert label.segments[-1].end_s == 12.0
+
+
+def test_tables_hold_one_row_per_file_window_and_segment():
+    ok = aggregate("a.wav", start_s=np.array([0.0, 5]), end_s=np.array([5.0, 7]), duration_s=7.0,
+                   probs=np.array([[0.6, 0.4], [0.1, 0.9]]), model_id="m", feature_hash="h")
+    failed = FileLabel.failed("b.wav", "b.wav: empty file (0 bytes)", model_id="m", feature_hash="h")
+    predictions, windows, segments = label_tables([ok, failed])
+    assert predictions["path"].to_pylist() == ["a.wav", "b.wav"]
+    assert predictions["status"].to_pylist() == ["ok", "error"]
+    assert predictions["label"].to_pylist() == ["music", None]
+    assert windows["end_s"].to_pylist() == [5.0, 7.0]
+    assert segments.num_rows == 2 and segments["path"].to_pylist() == ["a.wav", "a.wav"]
+
+
+def test_featurize_file_windows_and_duration(tmp_path):
+    path = write_audio(tmp_path / "a.wav", "music", 12.0, sample_rate=16000)
+    features = featurize_file(path, window_config("all"))
+    assert features.codes.shape == (2, *PAPER.encoded_shape) and features.codes.dtype == np.uint8
+    np.testing.assert_allclose(features.start_s, [0.0, 5.0])
+    np.testing.assert_allclose(features.end_s, [5.0, 10.0])   # the 2-s tail is under min_last_seconds
+    assert features.duration_s == pytest.approx(12.0)
+    first = featurize_file(path, window_config("first"))
+    assert len(first.codes) == 1 and first.duration_s == pytest.approx(12.0)
+    np.testing.assert_array_equal(first.codes[0], features.codes[0])
+
+
+def test_label_file_and_array_agree(tmp_path, tiny_model):
+    samples = synth.speech_like(8.0, sample_rate=22050, seed=3)
+    path = write_audio(tmp_path / "s.wav", "speech", 8.0, sample_rate=22050, seed=3, subtype="FLOAT")
+    from_file = label_file(path, tiny_model, hop_s=2.5)
+    from_array = label_array(samples, 22050, tiny_model, hop_s=2.5)
+    assert from_file.windows == from_array.windows == 3
+    np.testing.assert_allclose(from_file.window_p_music, from_array.window_p_music, rtol=1e-5)
+    assert from_file.segments[0].start_s == 0 and from_file.segments[-1].end_s == pytest.approx(8.0)
+    assert set(label_dict(from_file)) >= {"path", "label", "confidence", "segments"}
+
+
+def test_label_file_reports_a_broken_file(tmp_path, tiny_model):
+    broken = tmp_path / "text.wav"
+    broken.write_text("not audio")
+    label = label_file(broken, tiny_model)
+    assert label.status == "error" and "text.wav" in label.error and label.label is None
+
+
+def test_load_model_without_default_is_clear():
+    if DEFAULT_MODEL_DIR.is_dir():
+        pytest.skip("this msc bundles a default model")
+    with pytest.raises(ModelLoadError, match="--model"):
+        load_model()
