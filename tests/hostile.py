@@ -58,9 +58,9 @@ def tones(seconds: float, sample_rate: int) -> np.ndarray:
     return (0.25 * np.sin(2 * np.pi * 330 * t) + 0.15 * np.sin(2 * np.pi * 1250 * t) + 0.01 * noise).astype(np.float32)
 
 
-def _write(path: Path, seconds: float, *, sample_rate: int = 22050, channels: int = 1,
+def _write(path: Path, *, seconds: float = 0.0, sample_rate: int = 22050, channels: int = 1,
            subtype: str | None = None, data: np.ndarray | None = None) -> None:
-    """Tones (or ``data``) repeated over ``channels``; format from the extension."""
+    """``seconds`` of tones (or ``data``) repeated over ``channels``; format from the extension."""
     mono = tones(seconds, sample_rate) if data is None else data
     sf.write(path, np.repeat(mono[:, None], channels, axis=1), sample_rate, subtype=subtype)
 
@@ -96,13 +96,15 @@ def make_hostile_corpus(directory: Path, *, long_seconds: float | None = None) -
         (directory / name).write_bytes(content)
         expect[name] = outcome
 
-    def audio(name: str, outcome: Expect, seconds: float, **options) -> None:
-        _write(directory / name, seconds, **options)
+    def audio(name: str, outcome: Expect, **options) -> None:
+        _write(directory / name, **options)
         expect[name] = outcome
 
     # broken containers
     raw("zero_bytes.wav", b"", Expect(reason="empty file"))
     raw("header_only.wav", wav_header(sample_rate=8000, channels=1), Expect(reason="zero-length"))
+    audio("zero_frames_stereo_float.wav", Expect(reason="zero-length"), channels=2, subtype="FLOAT",
+          data=np.zeros(0, np.float32))
     raw("truncated_header.wav", wav_header(sample_rate=8000, channels=1, data_bytes=16000)[:22],
         Expect(reason="not a decodable audio file"))
     # a header declaring 2 s with only 1 s of data: what is there is decoded (see audio.py)
@@ -130,16 +132,16 @@ def make_hostile_corpus(directory: Path, *, long_seconds: float | None = None) -
     # odd but valid audio
     sf.write(directory / "wrong_extension.mp3", one_second, 8000, format="FLAC")
     expect["wrong_extension.mp3"] = Expect(windows=1)
-    audio("one_sample.wav", Expect(windows=1), 0, data=np.array([0.5], np.float32))
-    audio("dc_only.wav", Expect(windows=1), 0, data=np.full(22050 * 3, 0.25, np.float32))
-    audio("digital_silence.wav", Expect(windows=1), 0, data=np.zeros(22050 * 3, np.float32))
+    audio("one_sample.wav", Expect(windows=1), data=np.array([0.5], np.float32))
+    audio("dc_only.wav", Expect(windows=1), data=np.full(22050 * 3, 0.25, np.float32))
+    audio("digital_silence.wav", Expect(windows=1), data=np.zeros(22050 * 3, np.float32))
     square = np.sign(np.sin(2 * np.pi * 220 * np.arange(22050 * 3) / 22050)).astype(np.float32)
-    audio("clipped_square.wav", Expect(windows=1), 0, data=np.clip(1.5 * square, -1, 1))
-    audio("hires_96k_24bit.wav", Expect(windows=2), 8.0, sample_rate=96000, subtype="PCM_24")
-    audio("six_channels.wav", Expect(windows=1), 3.0, channels=6)
-    audio("mono_8k.wav", Expect(windows=1), 3.0, sample_rate=8000)
-    audio("ünïcödé nämé with spaces.wav", Expect(windows=1), 3.0, sample_rate=16000)
-    audio("  leading and trailing spaces .flac", Expect(windows=1), 3.0, sample_rate=16000)
+    audio("clipped_square.wav", Expect(windows=1), data=np.clip(1.5 * square, -1, 1))
+    audio("hires_96k_24bit.wav", Expect(windows=2), seconds=8.0, sample_rate=96000, subtype="PCM_24")
+    audio("six_channels.wav", Expect(windows=1), seconds=3.0, channels=6)
+    audio("mono_8k.wav", Expect(windows=1), seconds=3.0, sample_rate=8000)
+    audio("ünïcödé nämé with spaces.wav", Expect(windows=1), seconds=3.0, sample_rate=16000)
+    audio("  leading and trailing spaces .flac", Expect(windows=1), seconds=3.0, sample_rate=16000)
 
     # things that are not plain files
     (directory / "directory.wav").mkdir(exist_ok=True)
@@ -149,7 +151,7 @@ def make_hostile_corpus(directory: Path, *, long_seconds: float | None = None) -
         loop.symlink_to(loop.name)
     expect["symlink_loop.wav"] = Expect(reason="symbolic links")
     unreadable = directory / "unreadable.wav"
-    _write(unreadable, 3.0)
+    _write(unreadable, seconds=3.0)
     unreadable.chmod(0)
     expect["unreadable.wav"] = Expect(reason="permission") if not os.access(unreadable, os.R_OK) else Expect(windows=1)
 

@@ -3,6 +3,7 @@ bounded memory on long files, limits, and one typed error for every hostile inpu
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,9 +33,16 @@ def stereo_source(seconds: float, sample_rate: int, channels: int) -> np.ndarray
     return np.stack([speech if c % 2 == 0 else music * (1 - 0.1 * c) for c in range(channels)], axis=1)
 
 
-def all_samples(path: Path, **policy) -> np.ndarray:
-    """Every window of ``path`` back to back with the padding removed (windows back to back, none dropped)."""
-    config = PAPER.with_window(mode="all", hop_seconds=None, min_last_seconds=0.0, **policy)
+def write_source(path: Path, seconds: float, *, sample_rate: int = RATE) -> Path:
+    """Noise as float WAV/FLAC; at 22,050 Hz the decoded samples are exactly these."""
+    samples = np.random.default_rng(5).uniform(-0.5, 0.5, int(round(seconds * sample_rate))).astype(np.float32)
+    sf.write(path, samples, sample_rate, subtype="FLOAT" if path.suffix == ".wav" else None)
+    return path
+
+
+def all_samples(path: Path) -> np.ndarray:
+    """The samples of every window of ``path`` (back to back, none dropped), padding removed."""
+    config = PAPER.with_window(mode="all", hop_seconds=None, min_last_seconds=0.0)
     parts = [row[: int(round(seconds * RATE))]
              for batch in read_windows(path, config) for row, seconds in zip(batch.samples, batch.audio_s)]
     return np.concatenate(parts)
@@ -64,7 +72,7 @@ def test_format_decodes_like_librosa(tmp_path, extension, subtype):
     assert_same_as_librosa(path)
 
 
-@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("channels", [1, 2, 6, 8])
 @pytest.mark.parametrize("sample_rate", [8000, 16000, 44100, 48000, 96000])
 def test_any_rate_and_channel_count_becomes_mono_at_22050(tmp_path, sample_rate, channels):
     path = tmp_path / f"clip_{sample_rate}_{channels}.wav"
@@ -114,13 +122,6 @@ def test_binary_file_object_reads_like_a_path(tmp_path):
 
 
 # ---------------------------------------------------------------- window policies
-def write_source(path: Path, seconds: float, *, sample_rate: int = RATE) -> Path:
-    """Noise as float WAV/FLAC; at 22,050 Hz the decoded samples are exactly these."""
-    samples = np.random.default_rng(5).uniform(-0.5, 0.5, int(round(seconds * sample_rate))).astype(np.float32)
-    sf.write(path, samples, sample_rate, subtype="FLOAT" if path.suffix == ".wav" else None)
-    return path
-
-
 POLICIES = {  # on a 12.3 s file: policy -> (window starts, seconds of audio in each)
     "first": (dict(mode="first"), [0.0], [5.0]),
     "all": (dict(mode="all"), [0.0, 5.0], [5.0, 5.0]),
@@ -160,7 +161,9 @@ def test_window_policy_starts_audio_and_samples(long_noise, name):
 @pytest.mark.parametrize("mode", ["first", "all"])
 def test_short_file_gives_one_padded_window(tmp_path, mode):
     path = write_source(tmp_path / "short.wav", 1.0)
-    batches = list(read_windows(path, PAPER.with_window(mode=mode)))
+    with AudioStream.open(path) as stream:
+        batches = list(stream.windows(PAPER.with_window(mode=mode)))
+        assert not stream.truncated
     assert len(batches) == 1 and batches[0].samples.shape == (1, PAPER.window_samples)
     assert batches[0].start_s.tolist() == [0.0] and batches[0].audio_s.tolist() == [1.0]
     assert not batches[0].samples[0, RATE:].any()
@@ -248,6 +251,8 @@ def test_hostile_input(hostile, hostile_name):
     directory, corpus = hostile
     path = directory / hostile_name
     expect = corpus[hostile_name]
+    if hostile_name == "unreadable.wav" and os.access(path, os.R_OK):
+        pytest.skip("running as root: chmod 000 does not stop this process from reading")
     if expect.ok:
         batches = list(read_windows(path, PAPER))
         assert sum(len(b.start_s) for b in batches) == expect.windows
