@@ -1,6 +1,6 @@
 """``msc infer SRC... --model MODEL --out DIR``: label whole archives with a streaming Ray Data pipeline.
 
-Pipeline (nothing of the data passes through the driver)::
+Pipeline (no audio, codes or probabilities pass through the driver; it holds only the listing)::
 
     chunks of files (from the manifest)                      driver: listing only
       -> featurize_chunk      tasks: decode + featurize each file, one block of window rows per chunk
@@ -282,7 +282,9 @@ def manifest_metadata(*, sources: Sequence[str], model_id: str, config) -> dict[
 
 def open_manifest(filesystem, root: str, *, sources: Sequence[str], chunk_files: int,
                   metadata: dict[bytes, bytes]) -> None:
-    """Write ``parts/manifest.parquet`` (chunks of the listing, streamed) unless a run made it already.
+    """Write ``parts/manifest.parquet`` (the listing cut into chunks) unless a run made it already.
+
+    The driver holds the listing while it writes it (paths only, about 100 bytes per file).
 
     Raises
     ------
