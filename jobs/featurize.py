@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
+import os
 import platform
 import sys
 import time
@@ -59,7 +61,7 @@ CHUNKS_DIR = "_chunks"
 SHARDS_DIR = "shards"
 ERROR_FIELDS = ("path", "stage", "error_type", "message")
 
-Row = tuple[str, "str | None", str, "str | None", "str | None"]
+Row = tuple[str, str | None, str, str | None, str | None]
 """One listed file as sent to a task: (path, label, group, genre, split)."""
 
 
@@ -143,7 +145,8 @@ def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json
     dict
         The completion record: ``chunk``, ``files`` and ``windows`` counted per
         ``"<label>/<split>"``, ``errors`` (list of dicts with :data:`ERROR_FIELDS`),
-        ``shards`` (file names), ``seconds`` (wall time of the task).
+        ``shards`` (file names), ``seconds`` (wall time of the task), ``peak_rss_mb``
+        (peak resident memory of the worker process so far).
     """
     from msc_core.config import FeatureConfig
 
@@ -162,7 +165,7 @@ def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json
         windows[key] += len(codes)
     writer.close()
     record = {"chunk": chunk_id, "files": dict(files), "windows": dict(windows), "errors": errors,
-              "shards": writer.written, "seconds": time.monotonic() - started}
+              "shards": writer.written, "seconds": time.monotonic() - started, "peak_rss_mb": _peak_rss_mb()}
     _write_bytes_atomic(f"{out}/{CHUNKS_DIR}/{chunk_id}.json", json.dumps(record).encode())
     return record
 
@@ -192,7 +195,7 @@ def _featurize_file(row: Row, config) -> tuple[dict[str, list] | None, Any, dict
     count = sum(len(part) for part in codes)
     columns = {"path": [path] * count, "label": [label] * count, "group": [group] * count,
                "genre": [genre] * count, "split": [split] * count, "window": list(range(count)),
-               "start_s": np.concatenate(starts), "duration_s": np.concatenate(audio),
+               "start_s": np.concatenate(starts).tolist(), "duration_s": np.concatenate(audio).tolist(),
                "sample_rate": [info.sample_rate] * count, "channels": [info.channels] * count}
     return columns, np.concatenate(codes), None
 
@@ -226,13 +229,21 @@ class _ShardWriter:
 
         from msc_core.shards import windows_table, write_atomic
 
-        merged = {name: np.concatenate([np.asarray(part[name]) for part in self._columns]).tolist()
+        merged = {name: list(itertools.chain.from_iterable(part[name] for part in self._columns))
                   for name in self._columns[0]}
         table = windows_table(self.config, codes=np.concatenate(self._codes), columns=merged)
         name = f"part-{self.chunk_id}-{len(self.written):03d}.parquet"
         write_atomic(table, f"{self.out}/{SHARDS_DIR}/{name}")
         self.written.append(name)
         self._columns, self._codes, self._bytes = [], [], 0
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -276,6 +287,7 @@ class _Totals:
     new_windows: int = 0
     shards: int = 0
     task_seconds: float = 0.0
+    worker_peak_rss_mb: float = 0.0
     _last_print: float = 0.0
 
     @property
@@ -291,6 +303,7 @@ class _Totals:
         self.chunks_reused += reused
         if not reused:
             self.task_seconds += record["seconds"]
+            self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, record["peak_rss_mb"])
             self.new_windows += sum(record["windows"].values())
 
     def progress(self, *, force: bool = False) -> None:
@@ -345,7 +358,9 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
 
     from jobs.raylib import cluster_cpus
 
-    out = out.rstrip("/")
+    from msc_core.sources import is_uri
+
+    out = out.rstrip("/") if is_uri(out) else os.path.abspath(out)
     config_json = config.to_json()
     _make_dirs(out)
     done, leftovers = _scan_output(out)
@@ -363,10 +378,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
             try:
                 totals.add(ray.get(ref), reused=False)
             except (ray.exceptions.RayError, OSError) as error:
-                message = f"task of chunk failed: {error}".splitlines()[0]
-                totals.add({"files": {}, "windows": {}, "shards": [], "seconds": 0.0, "errors": [
-                    {"path": row[0], "stage": "task", "error_type": type(error).__name__, "message": message}
-                    for row in rows]}, reused=False)
+                totals.add(_failed_task_record(rows, error), reused=False)
             if progress:
                 totals.progress()
 
@@ -399,6 +411,13 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
     return manifest
 
 
+def _failed_task_record(rows: Sequence[Row], error: Exception) -> dict[str, Any]:
+    """A completion record for a task that died (worker crash, unwritable output): every file failed."""
+    message = f"task of the chunk failed: {error}".splitlines()[0]
+    return {"files": {}, "windows": {}, "shards": [], "seconds": 0.0, "peak_rss_mb": 0.0, "errors": [
+        {"path": row[0], "stage": "task", "error_type": type(error).__name__, "message": message} for row in rows]}
+
+
 def _list_files(folder: str) -> list[str]:
     """Full paths (local, or URIs) of the files directly in ``folder``; empty when it does not exist."""
     import pyarrow.fs as pafs
@@ -426,9 +445,10 @@ def _scan_output(out: str) -> tuple[dict[str, str], list[str]]:
 
     To delete: ``*.tmp-*`` files, and shards of chunks without a completion record.
     """
-    records = {_chunk_of(path): path for path in _list_files(f"{out}/{CHUNKS_DIR}") if ".tmp-" not in path}
+    record_files = _list_files(f"{out}/{CHUNKS_DIR}")
+    records = {_chunk_of(path): path for path in record_files if ".tmp-" not in path}
     records.pop(None, None)
-    leftovers = [path for path in _list_files(f"{out}/{CHUNKS_DIR}") if ".tmp-" in path]
+    leftovers = [path for path in record_files if ".tmp-" in path]
     for path in _list_files(f"{out}/{SHARDS_DIR}"):
         if ".tmp-" in path or _chunk_of(path) not in records:
             leftovers.append(path)
@@ -530,6 +550,7 @@ def _manifest(totals: _Totals, *, sources, out, config, layout, fractions, seed,
         "versions": _versions(),
         "timings": {"seconds": elapsed, "windows_per_s": totals.new_windows / max(elapsed, 1e-9),
                     "task_seconds": totals.task_seconds},
+        "memory": {"worker_peak_rss_mb": totals.worker_peak_rss_mb, "driver_peak_rss_mb": _peak_rss_mb()},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -61,7 +61,8 @@ def archive(tmp_path_factory):
 def finished(ray_local, archive, tmp_path_factory):
     root, expected = archive
     out = tmp_path_factory.mktemp("out") / "features"
-    code = featurize(root / "data", root / "listed/manifest.csv", "--out", out, "--files-per-task", 3)
+    code = featurize(root / "data", root / "listed/manifest.csv", "--out", out, "--files-per-task", 3,
+                     "--shard-mb", 0.06)  # at most two windows of codes per shard
     return out, code, expected
 
 
@@ -73,6 +74,7 @@ def test_counts_manifest_and_exit_code(finished):
     assert files == expected
     assert manifest["files"] == sum(expected.values()) and manifest["errors"] == len(BROKEN)
     assert manifest["windows"] == manifest["files"] + 1  # the 8 s file gives two windows
+    assert manifest["chunks"] == 6 and manifest["shards"] == len(list((out / "shards").glob("part-*.parquet"))) > 6
     assert manifest["config"]["hash"] == PAPER.hash and manifest["config"]["window"]["mode"] == "all"
     assert set(manifest["counts"]["files"]["unlabelled"]) == {"none"}
     assert {"msc", "ray", "pyarrow"} <= set(manifest["versions"]) and manifest["timings"]["seconds"] > 0
