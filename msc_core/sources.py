@@ -208,7 +208,7 @@ def gtzan_item(path: str) -> Item | None:
 
 
 def librispeech_item(path: str) -> Item | None:
-    """``.../<speaker>/<chapter>/<speaker>-<chapter>-<n>.<ext>`` -> speech, group ``librispeech:<speaker>``; else None."""
+    """``.../<speaker>/<chapter>/<speaker>-<chapter>-<n>.<ext>`` -> speech, group ``librispeech:<speaker>``."""
     parts = _parts(path)
     if len(parts) < 3:
         return None
