@@ -31,6 +31,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -164,7 +165,7 @@ def iter_batches(paths: Sequence[str], config: FeatureConfig, *, columns: Sequen
             reader = pq.ParquetFile(handle)
             for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted):
                 if filter_split is not None:
-                    batch = batch.filter(pa.compute.equal(batch.column("split"), filter_split))
+                    batch = batch.filter(pc.equal(batch.column("split"), filter_split))
                 if batch.num_rows:
                     yield batch.select(list(columns))
 
@@ -232,6 +233,7 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
     import tensorflow as tf
 
     from .config import LABELS
+    from .depth import decode_tf
 
     files = list_shards(paths)
     if shuffle_seed is not None:
@@ -240,9 +242,9 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in iter_batches(files, config, columns=("codes", "label"), filter_split=split):
-            batch = batch.filter(pa.compute.is_valid(batch.column("label")))
+            batch = batch.filter(pc.is_valid(batch.column("label")))
             if batch.num_rows:
-                labels = pa.compute.index_in(batch.column("label"), value_set=label_index)
+                labels = pc.index_in(batch.column("label"), value_set=label_index)
                 if labels.null_count:
                     raise InputError(f"labels outside {LABELS} in {paths}")
                 yield codes_from_arrow(batch.column("codes"), config), labels.to_numpy().astype(np.int32)
@@ -253,25 +255,7 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
         dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if dense:
-        dataset = dataset.map(lambda codes, label: (_decode_batch_tf(codes, config), label),
+        dataset = dataset.map(lambda codes, label: (decode_tf(codes, config), label),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
-
-def _decode_batch_tf(codes, config: FeatureConfig):
-    """The exact float32 depth tensor (B, layers, n_mels, frames, 1) from uint8 codes (B, n_mels, frames).
-
-    Same result as :func:`msc_core.depth.decode`; written here because
-    ``depth.decode_tf`` calls ``tf.one_hot(..., axis=-3)``, which TensorFlow refuses.
-    """
-    import tensorflow as tf
-
-    from .depth import depth_tables
-
-    layer_of, intensity_of = depth_tables(config.colormap, config.layers)
-    index = tf.cast(codes, tf.int32)
-    pixel_layer = tf.expand_dims(tf.gather(tf.constant(layer_of), index), axis=1)
-    intensity = tf.expand_dims(tf.gather(tf.constant(intensity_of), index), axis=1)
-    layer_ids = tf.reshape(tf.range(config.layers, dtype=tf.int32), (1, config.layers, 1, 1))
-    dense = tf.where(tf.equal(pixel_layer, layer_ids), intensity, tf.zeros_like(intensity))
-    return tf.expand_dims(dense, axis=-1)
