@@ -1,0 +1,156 @@
+"""The submission path on a real multi-node Ray cluster (slow; not run by CI: ``pytest -m slow``).
+
+cluster/local/start.sh starts a head and a second node (separate raylets, free ports, token auth
+on) in a state dir of this test; featurize -> train -> infer are submitted with ``ray job submit
+--working-dir <repo> --runtime-env cluster/runtime_env.yaml`` exactly as a user would, each waited
+for with ``ray job status``; their outputs are checked; cluster/local/stop.sh then stops exactly
+what start.sh started, and the test checks none of those processes is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_audio
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
+START = REPO / "cluster" / "local" / "start.sh"
+STOP = REPO / "cluster" / "local" / "stop.sh"
+RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
+BIN = Path(sys.executable).parent
+RAY = BIN / "ray"
+FILES_PER_CLASS = 6
+FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def session_processes(sids: set[int]) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,comm="], capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if int(line.split()[1]) in sids]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head + 1 worker node, 2 logical CPUs each; yields the client environment."""
+    if not RAY.exists():
+        pytest.skip(f"no ray CLI beside {sys.executable}")
+    # Short path: Ray puts unix sockets under it.
+    state = Path(tempfile.mkdtemp(prefix="msc-ray-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER", "MSC_RAY"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MSC_RAY_BIN=str(RAY), MSC_RAY_WORKERS="1",
+               MSC_RAY_HEAD_CPUS="2", MSC_RAY_WORKER_CPUS="2", MSC_RAY_OBJECT_STORE_BYTES=str(512 * 2**20))
+    started = time.monotonic()
+    result = subprocess.run([str(START), str(state)], env=env, capture_output=True, text=True, timeout=300)
+    print(result.stdout, result.stderr, f"start.sh took {time.monotonic() - started:.1f}s", sep="\n")
+    sids = {int(p.read_text()) for p in state.glob("n*.sid")}
+    try:
+        assert result.returncode == 0, result.stderr
+        assert len(sids) == 2, f"expected a head and a worker session, got {sids}"
+        client = dict(env)
+        for line in (state / "cluster.env").read_text().splitlines():
+            if line.startswith("export "):
+                key, value = line.removeprefix("export ").split("=", 1)
+                client[key] = shlex.split(value)[0]
+        assert client["RAY_AUTH_MODE"] == "token" and Path(client["RAY_AUTH_TOKEN_PATH"]).is_file()
+        yield client
+    finally:
+        started = time.monotonic()
+        stop = subprocess.run([str(STOP), str(state), "--purge"], env=env, capture_output=True, text=True,
+                              timeout=180)
+        print(stop.stdout, stop.stderr, f"stop.sh took {time.monotonic() - started:.1f}s", sep="\n")
+        left = session_processes(sids)
+        shutil.rmtree(state, ignore_errors=True)
+        assert stop.returncode == 0, stop.stderr
+        assert not left, f"stop.sh left processes of the cluster: {left}"
+
+
+def ray_cli(client: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RAY), *args], env=client, capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def submit_and_wait(client: dict, entrypoint: list[str], timeout: float) -> tuple[str, str]:
+    """Submit like a user (working dir = the repo, cluster/runtime_env.yaml), wait; (status, logs)."""
+    job_id = f"msc-test-{entrypoint[2].split('.')[-1]}-{uuid.uuid4().hex[:8]}"
+    submitted = ray_cli(client, "job", "submit", "--no-wait", "--submission-id", job_id,
+                        "--working-dir", str(REPO), "--runtime-env", str(RUNTIME_ENV), "--", *entrypoint)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline = time.monotonic() + timeout
+    status = "?"
+    while time.monotonic() < deadline:
+        out = ray_cli(client, "job", "status", job_id)
+        match = re.search(r"Status for job '[^']+': (\w+)", out.stdout + out.stderr)
+        status = match.group(1) if match else "?"
+        if status in FINAL:
+            break
+        time.sleep(3)
+    logs = ray_cli(client, "job", "logs", job_id)
+    if status not in FINAL:
+        ray_cli(client, "job", "stop", job_id)
+    return status, logs.stdout + logs.stderr
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """Music and speech folders, two 5 s windows per file."""
+    root = tmp_path_factory.mktemp("archive") / "audio"
+    for i in range(FILES_PER_CLASS):
+        write_audio(root / "music" / f"m{i:02d}.wav", "music", 10.5, seed=i)
+        write_audio(root / "speech" / f"s{i:02d}.wav", "speech", 10.5, seed=100 + i)
+    return root
+
+
+def test_cluster_is_two_nodes_and_needs_the_token(cluster):
+    status = ray_cli(cluster, "status", f"--address={cluster['MSC_RAY_GCS_ADDRESS']}")
+    assert status.returncode == 0, status.stderr
+    assert len(re.findall(r"(?m)^ +1 node_", status.stdout)) == 2, status.stdout
+    anonymous = {k: v for k, v in cluster.items() if not k.startswith("RAY_AUTH")}
+    refused = ray_cli(anonymous, "job", "list")
+    assert refused.returncode != 0 and "uthentication" in refused.stdout + refused.stderr
+
+
+def test_featurize_train_infer_by_job_submission(cluster, archive, tmp_path):
+    features, model, labels = tmp_path / "features", tmp_path / "model", tmp_path / "labels"
+    timings = {}
+
+    started = time.monotonic()
+    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.featurize", str(archive), "--out", str(features),
+                                             "--files-per-task", "2", "--quiet"], timeout=600)
+    timings["featurize"] = time.monotonic() - started
+    assert status == "SUCCEEDED", logs
+    manifest = json.loads((features / "manifest.json").read_text())
+    assert manifest["files"] == 2 * FILES_PER_CLASS and manifest["errors"] == 0, manifest
+    assert list(features.glob("shards/**/*.parquet")), "no shards written"
+
+    started = time.monotonic()
+    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.train", str(features), "--out", str(model),
+                                             "--workers", "2", "--epochs", "1", "--widths", "4,8,16",
+                                             "--batch-size", "2"], timeout=900)
+    timings["train"] = time.monotonic() - started
+    assert status == "SUCCEEDED", logs
+    assert (model / "evaluation.json").is_file(), sorted(p.name for p in model.iterdir())
+
+    started = time.monotonic()
+    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.infer", str(archive), "--model", str(model),
+                                             "--out", str(labels)], timeout=600)
+    timings["infer"] = time.monotonic() - started
+    assert status == "SUCCEEDED", logs
+    import pyarrow.parquet as pq
+
+    predictions = pq.read_table(labels / "predictions.parquet").to_pandas()
+    assert len(predictions) == 2 * FILES_PER_CLASS, predictions
+    assert (labels / "predictions.csv").is_file()
+    print("job wall times (s):", {k: round(v, 1) for k, v in timings.items()})
