@@ -1,0 +1,247 @@
+"""``msc train SHARDS --out MODEL_DIR --workers N``: fit the 3D CNN with Ray Train, then evaluate it.
+
+Ray Train's TensorflowTrainer starts N workers and sets ``TF_CONFIG``; each
+worker builds a ``MultiWorkerMirroredStrategy``, streams its own shard files
+(balanced by train windows, see :class:`msc_core.training.ShardPlan`) as
+compact codes and runs :func:`msc_core.training.fit`. Rank 0 reports a
+checkpoint every epoch; with ``--max-failures`` a failed worker makes Ray
+restart the group from the last checkpoint, and ``--resume`` continues a run
+that stopped (its checkpoints live in ``MODEL_DIR.ray/``, or ``--storage``).
+
+The driver only reads the shards' label/split columns to plan the run; when
+training ends it writes the best-validation-accuracy weights as an msc model
+directory with ``history.csv``, the training curves and the test-split
+evaluation (:mod:`msc_core.evaluation`).
+
+Also runnable as ``python -m jobs.train ...`` (for ``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from jobs.raylib import add_ray_arguments, init_ray
+from msc_core.errors import InputError
+from msc_core.training import TrainSettings
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "msc-train"
+
+
+def parse_widths(text: str) -> tuple[int, int, int]:
+    """``"32,64,128"`` -> (32, 64, 128)."""
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be three integers like 32,64,128, not {text!r}") from None
+    if len(widths) != 3 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be three positive integers like 32,64,128, not {text!r}")
+    return widths
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``msc train``."""
+    parser = subparsers.add_parser(
+        "train", help="train the 3D CNN on shards with Ray Train, then evaluate it on the test split",
+        description="Train data-parallel over --workers Ray workers (MultiWorkerMirroredStrategy, explicit "
+                    "training loop), checkpointing every epoch, and write an msc model directory with its "
+                    "history, training curves and test-split evaluation. Defaults are the paper's recipe.")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``msc train`` arguments (shared with ``python -m jobs.train``)."""
+    defaults = TrainSettings()
+    parser.add_argument("shards", metavar="SHARDS", help="featurized dataset: DIR with shards/part-*.parquet")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to create (must not exist)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"most epochs (default {defaults.epochs})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"windows per step per worker (default {defaults.batch_size})")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate,
+                        help=f"initial Adam learning rate (default {defaults.learning_rate})")
+    parser.add_argument("--widths", type=parse_widths, default=defaults.widths, metavar="A,B,C",
+                        help="filters of the three Conv3D layers (default 32,64,128)")
+    parser.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
+                        help=f"early-stopping patience in epochs (default {defaults.early_stopping_patience})")
+    parser.add_argument("--lr-patience", type=int, default=defaults.lr_patience,
+                        help=f"epochs before halving the learning rate on a plateau (default {defaults.lr_patience})")
+    parser.add_argument("--no-class-weights", action="store_true", help="do not balance the classes in the loss")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run kept in the storage path")
+    parser.add_argument("--storage", default=None, metavar="DIR",
+                        help="where Ray Train keeps checkpoints (default MODEL_DIR.ray; shared storage on clusters)")
+    parser.add_argument("--max-failures", type=int, default=3,
+                        help="worker failures to recover from by restarting from the last checkpoint (default 3)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    add_ray_arguments(parser)
+
+
+def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, use_gpu: bool = False,
+          max_failures: int = 3, resume: bool = False, storage: str | None = None,
+          on_epoch_end: Callable | None = None):
+    """Train with Ray Train, then write the model directory with its evaluation.
+
+    Parameters
+    ----------
+    shards : str
+        Dataset directory (or URI) holding ``shards/part-*.parquet``.
+    out : str
+        Local model directory to create.
+    settings : TrainSettings
+    workers : int
+        Ray Train workers; each needs one CPU (and one GPU with ``use_gpu``).
+    use_gpu : bool
+    max_failures : int
+        Worker-group failures Ray recovers from.
+    resume : bool
+        Continue from the latest checkpoint in the storage path (which must exist).
+    storage : str or None
+        Ray Train storage path; default ``<out>.ray``.
+    on_epoch_end : callable(msc_core.training.EpochEnd) or None
+        Extra per-worker hook after each epoch (it is pickled to the workers).
+
+    Returns
+    -------
+    msc_core.model.MscModel
+        The saved model.
+
+    Raises
+    ------
+    InputError
+        ``out`` exists, the storage path contradicts ``resume``, or the shards cannot be split over ``workers``.
+    ray.train.TrainingFailedError
+        Training failed more than ``max_failures`` times (rerun with ``resume``).
+    """
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from msc_core.evaluation import evaluate_shards, write_history
+    from msc_core.model import build_model, save_model_dir
+    from msc_core.training import Checkpoint, ShardPlan, find_shards
+
+    if Path(out).exists():
+        raise InputError(f"{out} already exists; choose a new model directory")
+    storage_path = Path(storage or f"{out}.ray").resolve()
+    if resume and not (storage_path / RUN_NAME).exists():
+        raise InputError(f"nothing to resume: no run in {storage_path}")
+    if not resume and (storage_path / RUN_NAME).exists():
+        raise InputError(f"{storage_path / RUN_NAME} holds an earlier run; pass --resume to continue it or delete it")
+    if workers < 1:
+        raise InputError("--workers must be at least 1")
+    paths = find_shards(shards)
+    plan = ShardPlan.scan(paths)
+    parts = plan.assign(workers)
+    steps = plan.steps_per_epoch(parts, settings.batch_size)
+    class_weights = plan.class_weights() if settings.balance_classes else None
+    log.info("training on %d files, %s train windows per class, %d steps per epoch on each of %d workers",
+             len(paths), plan.totals("train").tolist(), steps, workers)
+    trainer = TensorflowTrainer(
+        _worker_loop,
+        train_loop_config={"config": plan.config, "settings": settings, "parts": parts, "steps": steps,
+                           "class_weights": class_weights, "on_epoch_end": on_epoch_end},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME, storage_path=str(storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        final = Checkpoint.load(directory)
+    model = build_model(plan.config, widths=settings.widths)
+    model.set_weights(final.best_accuracy)
+    progress = final.progress
+    saved = save_model_dir(model, plan.config, out, source="trained", extra={
+        "shards": shards, "settings": dataclasses.asdict(settings), "workers": workers,
+        "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,
+        "best_val_accuracy": progress.best_val_accuracy, "stopped_early": progress.stopped_early,
+        "resumed_at": progress.resumed_at, "train_windows": plan.totals("train").tolist()})
+    write_history(progress.history, out)
+    evaluate_shards(saved, paths, split="test").write(out)
+    return saved
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """One Ray Train worker: build the strategy, restore, train, report a checkpoint every epoch."""
+    import numpy as np
+    import ray.train
+    import tensorflow as tf
+
+    from msc_core.training import Checkpoint, fit, shard_dataset
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    context = ray.train.get_context()
+    rank, workers = context.get_world_rank(), context.get_world_size()
+    config, settings = loop_config["config"], loop_config["settings"]
+    files, steps = loop_config["parts"][rank], loop_config["steps"]
+    class_weights = loop_config["class_weights"]
+    if class_weights is None:
+        class_weights = np.ones(2, np.float32)
+    extra_hook = loop_config["on_epoch_end"]
+    restore = None
+    if ray.train.get_checkpoint() is not None:
+        with ray.train.get_checkpoint().as_directory() as directory:
+            restore = Checkpoint.load(directory)
+
+    def train_data(epoch: int):
+        return shard_dataset(files, config, split="train", batch_size=settings.batch_size, steps=steps,
+                             shuffle_seed=(settings.seed * 1_000_003 + epoch) * 1009 + rank,
+                             shuffle_buffer=settings.shuffle_buffer)
+
+    def val_data():
+        return shard_dataset(files, config, split="val", batch_size=settings.batch_size)
+
+    def report(end) -> None:
+        metrics = {**end.progress.history[-1], "peak_rss_mb": end.peak_rss_mb}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                end.checkpoint.save(directory)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics)
+        if extra_hook is not None:
+            extra_hook(end)
+
+    fit(config, settings, strategy=strategy, rank=rank, workers=workers, train_data=train_data,
+        val_data=val_data, class_weights=class_weights, restore=restore, on_epoch_end=report)
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The :class:`TrainSettings` an ``msc train`` command line asks for."""
+    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, widths=args.widths,
+                         early_stopping_patience=args.patience, lr_patience=args.lr_patience,
+                         balance_classes=not args.no_class_weights, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``msc train``."""
+    from msc_core.evaluation import EVALUATION_FILE
+
+    init_ray(args.address, num_cpus=args.num_cpus)
+    model = train(args.shards, args.out, settings_from_args(args), workers=args.workers, use_gpu=args.use_gpu,
+                  max_failures=args.max_failures, resume=args.resume, storage=args.storage)
+    summary = json.loads((Path(args.out) / EVALUATION_FILE).read_text())
+    print(f"wrote {args.out}: model {model.model_id}, test accuracy {summary['accuracy']:.3f} "
+          f"on {summary['windows']} windows, ROC-AUC {summary['roc_auc']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.train``: the same arguments as ``msc train``."""
+    from jobs.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""How well a model labels one split of the shards, and pictures of training.
+
+:func:`evaluate_shards` streams a split through a model in batches and keeps
+only two numbers per window (true label, p_music) plus the misclassified
+windows, so memory stays small for large sets. :meth:`Evaluation.write`
+writes into a directory:
+
+- ``evaluation.json``: split, windows, accuracy, per-class precision/recall/F1/support,
+  confusion matrix, ROC-AUC (music as the positive class), model id;
+- ``confusion_matrix.json`` and ``confusion_matrix.png``: rows true, columns predicted, LABELS order;
+- ``misclassified.csv``: ``path, start_s, true, predicted, p_music``.
+
+:func:`write_history` writes ``history.csv`` and ``training_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.stats import rankdata
+
+from .config import LABELS
+from .errors import InputError
+from .model import MscModel
+from .shards import codes_from_arrow, iter_batches
+
+EVALUATION_FILE = "evaluation.json"
+CONFUSION_JSON = "confusion_matrix.json"
+CONFUSION_PNG = "confusion_matrix.png"
+MISCLASSIFIED_FILE = "misclassified.csv"
+HISTORY_FILE = "history.csv"
+CURVES_PNG = "training_curves.png"
+MISCLASSIFIED_COLUMNS = ("path", "start_s", "true", "predicted", "p_music")
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts, int64 (2, 2): row = true class, column = predicted class (LABELS order)."""
+    matrix = np.zeros((len(LABELS), len(LABELS)), np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for ``labels == 1`` (Mann-Whitney U, ties count half).
+
+    Returns NaN when only one class is present.
+    """
+    positives = int(np.sum(labels == 1))
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's answers on the labelled windows of one split.
+
+    Attributes
+    ----------
+    split : str
+    model_id : str
+    labels : np.ndarray, int64, shape (N,)
+        True class index (LABELS order).
+    p_music : np.ndarray, float32, shape (N,)
+        The model's music probability.
+    misclassified : list of dict
+        One row per wrong window with :data:`MISCLASSIFIED_COLUMNS`.
+    """
+
+    split: str
+    model_id: str
+    labels: np.ndarray
+    p_music: np.ndarray
+    misclassified: list[dict]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Predicted class index, int64 (N,): music when ``p_music > 0.5``."""
+        return (self.p_music > 0.5).astype(np.int64)
+
+    def summary(self) -> dict:
+        """Accuracy, per-class precision/recall/F1/support, confusion matrix and ROC-AUC (JSON-ready)."""
+        matrix = confusion_matrix(self.labels, self.predicted)
+        per_class = {}
+        for index, label in enumerate(LABELS):
+            hits, predicted, actual = matrix[index, index], matrix[:, index].sum(), matrix[index].sum()
+            precision = hits / predicted if predicted else 0.0
+            recall = hits / actual if actual else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            per_class[label] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                                "support": int(actual)}
+        auc = roc_auc(self.labels, self.p_music)
+        return {"split": self.split, "model_id": self.model_id, "windows": int(len(self.labels)),
+                "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)), "per_class": per_class,
+                "confusion_matrix": {"labels": list(LABELS), "rows": "true", "columns": "predicted",
+                                     "counts": matrix.tolist()},
+                "roc_auc": None if np.isnan(auc) else auc}
+
+    def write(self, out_dir: str | os.PathLike) -> dict:
+        """Write the evaluation files (module docstring) into ``out_dir``; return :meth:`summary`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summary = self.summary()
+        (out_dir / EVALUATION_FILE).write_text(json.dumps(summary, indent=1))
+        (out_dir / CONFUSION_JSON).write_text(json.dumps(summary["confusion_matrix"], indent=1))
+        _plot_confusion(np.array(summary["confusion_matrix"]["counts"]),
+                        title=f"{self.split}: accuracy {summary['accuracy']:.3f}", path=out_dir / CONFUSION_PNG)
+        with open(out_dir / MISCLASSIFIED_FILE, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MISCLASSIFIED_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.misclassified)
+        return summary
+
+
+def evaluate_shards(model: MscModel, paths: Sequence[str], *, split: str = "test", batch_size: int = 32,
+                    batch_rows: int = 256) -> Evaluation:
+    """Stream the labelled windows of ``split`` through ``model``.
+
+    Parameters
+    ----------
+    model : MscModel
+    paths : sequence of str
+        Shard files; each must hold ``model.config``'s features.
+    split : str
+        Rows whose ``split`` column equals this; unlabelled rows are skipped.
+    batch_size : int
+        Windows per forward pass.
+    batch_rows : int
+        Rows read from Parquet at a time (bounds memory with ``batch_size``).
+
+    Raises
+    ------
+    FeatureConfigMismatchError
+        A shard's features differ from the model's.
+    InputError
+        The split holds no labelled windows.
+    """
+    labels, scores, wrong = [], [], []
+    columns = ("codes", "label", "path", "start_s")
+    for batch in iter_batches(paths, model.config, columns=columns, batch_rows=batch_rows, filter_split=split):
+        batch = batch.filter(pc.fill_null(pc.is_in(batch.column("label"), pa.array(LABELS)), False))
+        if not batch.num_rows:
+            continue
+        truth = pc.index_in(batch.column("label"), pa.array(LABELS)).to_numpy().astype(np.int64)
+        p_music = model.predict_codes(codes_from_arrow(batch.column("codes"), model.config),
+                                      batch_size=batch_size)[:, LABELS.index("music")]
+        labels.append(truth)
+        scores.append(p_music)
+        for row in np.flatnonzero((p_music > 0.5).astype(np.int64) != truth):
+            wrong.append({"path": batch.column("path")[row].as_py(), "start_s": batch.column("start_s")[row].as_py(),
+                          "true": LABELS[truth[row]], "predicted": LABELS[1 - truth[row]],
+                          "p_music": float(p_music[row])})
+    if not labels:
+        raise InputError(f"the {split!r} split of these shards holds no labelled windows")
+    return Evaluation(split, model.model_id, np.concatenate(labels), np.concatenate(scores).astype(np.float32), wrong)
+
+
+def write_history(history: Sequence[Mapping[str, float]], out_dir: str | os.PathLike) -> None:
+    """Write ``history.csv`` (one row per epoch) and ``training_curves.png`` (loss and accuracy).
+
+    Parameters
+    ----------
+    history : sequence of mapping
+        Rows with at least ``epoch, loss, accuracy, val_loss, val_accuracy``.
+    out_dir : str or PathLike
+    """
+    from matplotlib.figure import Figure
+
+    if not history:
+        raise InputError("no training history to write")
+    out_dir = Path(out_dir)
+    with open(out_dir / HISTORY_FILE, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
+        axes.plot(epochs, [row[metric] for row in history], marker=".", label="train")
+        axes.plot(epochs, [row[f"val_{metric}"] for row in history], marker=".", label="validation")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.savefig(out_dir / CURVES_PNG, dpi=100)
+
+
+def _plot_confusion(matrix: np.ndarray, *, title: str, path: Path) -> None:
+    """A 2x2 heat map with counts, rows true, columns predicted."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4, 3.6), layout="constrained")
+    axes = figure.subplots()
+    axes.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center",
+                  color="white" if count > matrix.max() / 2 else "black")
+    axes.set_xticks(range(len(LABELS)), LABELS)
+    axes.set_yticks(range(len(LABELS)), LABELS)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    figure.savefig(path, dpi=100)
