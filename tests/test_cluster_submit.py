@@ -32,7 +32,8 @@ STOP = REPO / "cluster" / "local" / "stop.sh"
 RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
-FILES_PER_CLASS = 6
+FILES_PER_CLASS = 8
+SPLIT = "60/20/20"
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -82,6 +83,18 @@ def ray_cli(client: dict, *args: str, timeout: float = 120) -> subprocess.Comple
                           cwd=REPO)
 
 
+def job_status(client: dict, job_id: str) -> str:
+    """The status `ray job status` prints: final ones as sentences, the others as `Status for job`."""
+    out = ray_cli(client, "job", "status", job_id)
+    text = out.stdout + out.stderr
+    for pattern, status in ((f"Job '{job_id}' succeeded", "SUCCEEDED"), (f"Job '{job_id}' failed", "FAILED"),
+                            (f"Job '{job_id}' was stopped", "STOPPED")):
+        if pattern in text:
+            return status
+    match = re.search(rf"Status for job '{re.escape(job_id)}': (\w+)", text)
+    return match.group(1) if match else "?"
+
+
 def submit_and_wait(client: dict, entrypoint: list[str], timeout: float) -> tuple[str, str]:
     """Submit like a user (working dir = the repo, cluster/runtime_env.yaml), wait; (status, logs)."""
     job_id = f"msc-test-{entrypoint[2].split('.')[-1]}-{uuid.uuid4().hex[:8]}"
@@ -91,9 +104,7 @@ def submit_and_wait(client: dict, entrypoint: list[str], timeout: float) -> tupl
     deadline = time.monotonic() + timeout
     status = "?"
     while time.monotonic() < deadline:
-        out = ray_cli(client, "job", "status", job_id)
-        match = re.search(r"Status for job '[^']+': (\w+)", out.stdout + out.stderr)
-        status = match.group(1) if match else "?"
+        status = job_status(client, job_id)
         if status in FINAL:
             break
         time.sleep(3)
@@ -104,13 +115,27 @@ def submit_and_wait(client: dict, entrypoint: list[str], timeout: float) -> tupl
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    """Music and speech folders, two 5 s windows per file."""
+def archive(tmp_path_factory) -> tuple[Path, int]:
+    """Music and speech folders, two 5 s windows per file, and a split seed that gives every class
+    at least two train groups and one val and one test group (train needs val windows)."""
+    from msc_core.sources import assign_split, iter_items, parse_split
+
     root = tmp_path_factory.mktemp("archive") / "audio"
     for i in range(FILES_PER_CLASS):
         write_audio(root / "music" / f"m{i:02d}.wav", "music", 10.5, seed=i)
         write_audio(root / "speech" / f"s{i:02d}.wav", "speech", 10.5, seed=100 + i)
-    return root
+    items = [item for item in iter_items([str(root)]) if item.label]
+    assert len(items) == 2 * FILES_PER_CLASS
+    fractions = parse_split(SPLIT)
+    for seed in range(1000):
+        counts = {}
+        for item in items:
+            split = assign_split(item.group, fractions=fractions, seed=seed)
+            counts.setdefault((item.label, split), set()).add(item.group)
+        if all(len(counts.get((label, split), ())) >= need for label in {i.label for i in items}
+               for split, need in (("train", 2), ("val", 1), ("test", 1))):
+            return root, seed
+    pytest.fail("no split seed gives every class train, val and test groups")
 
 
 def test_cluster_is_two_nodes_and_needs_the_token(cluster):
@@ -127,8 +152,10 @@ def test_featurize_train_infer_by_job_submission(cluster, archive, tmp_path):
     timings = {}
 
     started = time.monotonic()
-    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.featurize", str(archive), "--out", str(features),
-                                             "--files-per-task", "2", "--quiet"], timeout=600)
+    audio, seed = archive
+    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.featurize", str(audio), "--out", str(features),
+                                             "--split", SPLIT, "--seed", str(seed), "--files-per-task", "2",
+                                             "--quiet"], timeout=600)
     timings["featurize"] = time.monotonic() - started
     assert status == "SUCCEEDED", logs
     manifest = json.loads((features / "manifest.json").read_text())
@@ -144,7 +171,7 @@ def test_featurize_train_infer_by_job_submission(cluster, archive, tmp_path):
     assert (model / "evaluation.json").is_file(), sorted(p.name for p in model.iterdir())
 
     started = time.monotonic()
-    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.infer", str(archive), "--model", str(model),
+    status, logs = submit_and_wait(cluster, ["python", "-m", "jobs.infer", str(audio), "--model", str(model),
                                              "--out", str(labels)], timeout=600)
     timings["infer"] = time.monotonic() - started
     assert status == "SUCCEEDED", logs
