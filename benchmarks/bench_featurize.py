@@ -15,6 +15,8 @@ Prints, for one generated archive (half 44.1 kHz stereo WAV, half 22.05 kHz mono
 - bytes stored per window, before and after compression (target <= 28 KB before).
 
 Every run uses one thread per process, so that "per core" means one core.
+Rates are the best of ``--repeats`` runs, which tames noise from other
+processes on a shared machine; the load average is printed with the results.
 """
 
 from __future__ import annotations
@@ -81,17 +83,30 @@ def single_process(source: Path, out: Path) -> tuple[int, float]:
     return windows, time.perf_counter() - started
 
 
-def on_ray(source: Path, out: Path, *, workers: int, warmup: Path, files_per_task: int = FILES_PER_TASK) -> dict:
-    """The job's manifest for ``source`` on a fresh local Ray with ``workers`` CPUs (workers warmed up first)."""
+def on_ray(source: Path, out: Path, *, workers: int, warmup: Path, repeats: int = 1,
+           files_per_task: int = FILES_PER_TASK) -> list[dict]:
+    """The job's manifests of ``repeats`` runs over ``source`` on a fresh local Ray with ``workers`` CPUs.
+
+    The workers are warmed up first (started, libraries imported).
+    """
     import ray
 
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        featurize_archive([str(warmup)], out=str(out) + "-warmup", config=PAPER, files_per_task=1, progress=False)
-        return featurize_archive([str(source)], out=str(out), config=PAPER, files_per_task=files_per_task,
-                                 progress=False)
+        featurize_archive([str(warmup)], out=f"{out}-warmup", config=PAPER, files_per_task=1, progress=False)
+        return [featurize_archive([str(source)], out=f"{out}-{k}", config=PAPER, files_per_task=files_per_task,
+                                  progress=False) for k in range(repeats)]
     finally:
         ray.shutdown()
+
+
+def best_rate(runs: list[tuple[int, float]]) -> float:
+    """Highest windows/s of (windows, seconds) runs."""
+    return max(windows / seconds for windows, seconds in runs)
+
+
+def job_runs(manifests: list[dict]) -> list[tuple[int, float]]:
+    return [(m["windows"], m["timings"]["seconds"]) for m in manifests]
 
 
 def authors_loop(source: Path, out: Path) -> tuple[int, float]:
@@ -142,6 +157,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rss-files", type=int, nargs=2, default=(1000, 10000))
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="msc-bench-"))
     try:
@@ -150,24 +166,25 @@ def main() -> None:
         write_archive(warmup, files=2, seconds=1.0)
 
         single_process(warmup, work / "single-warmup")
-        windows, seconds = single_process(source, work / "single")
-        single_rate = windows / seconds
-        one = on_ray(source, work / "ray1", workers=1, warmup=warmup)
-        two = on_ray(source, work / "ray2", workers=2, warmup=warmup)
-        rate_one, rate_two = (m["windows"] / m["timings"]["seconds"] for m in (one, two))
-        authors_windows, authors_seconds = authors_loop(source, work / "authors")
-        authors_rate = authors_windows / authors_seconds
-        before, after = stored_bytes(work / "ray2", two["windows"])
+        single_runs = [single_process(source, work / f"single-{k}") for k in range(args.repeats)]
+        single_rate, windows = best_rate(single_runs), single_runs[0][0]
+        rate_one = best_rate(job_runs(on_ray(source, work / "ray1", workers=1, warmup=warmup, repeats=args.repeats)))
+        two = on_ray(source, work / "ray2", workers=2, warmup=warmup, repeats=args.repeats)
+        rate_two = best_rate(job_runs(two))
+        authors_runs = [authors_loop(source, work / f"authors-{k}") for k in range(args.repeats)]
+        authors_rate, authors_windows = best_rate(authors_runs), authors_runs[0][0]
+        before, after = stored_bytes(work / "ray2-0", two[0]["windows"])
 
         peaks = {}
         for count in args.rss_files:
             tiny = work / f"tiny-{count}"
             write_tiny_archive(tiny, files=count)
-            manifest = on_ray(tiny, work / f"rss-{count}", workers=2, warmup=warmup, files_per_task=64)
+            [manifest] = on_ray(tiny, work / f"rss-{count}", workers=2, warmup=warmup, files_per_task=64)
             peaks[count] = manifest["memory"]["worker_peak_rss_mb"]
             shutil.rmtree(tiny)
 
-        print(f"archive: {args.files} files x {args.seconds:g} s, {windows} windows; load {os.getloadavg()[0]:.2f}")
+        print(f"archive: {args.files} files x {args.seconds:g} s, {windows} windows; best of {args.repeats} runs; "
+              f"load average now {os.getloadavg()[0]:.2f}")
         print(f"single process (msc task function): {single_rate:8.1f} windows/s")
         print(f"Ray, 1 worker:                      {rate_one:8.1f} windows/s")
         print(f"Ray, 2 workers:                     {rate_two:8.1f} windows/s")

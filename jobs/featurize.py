@@ -18,7 +18,9 @@ feature config including the window policy, so rerunning the same command
 recreates the same ids: chunks with a completion record are skipped, leftovers
 of unfinished chunks and ``*.tmp-*`` files are removed and redone, and shards of
 chunks that the command no longer lists are deleted at the end. The finished
-dataset holds each window exactly once.
+dataset holds each window exactly once. Files that failed to decode stay
+failed in their chunk's record (a rerun does not retry them); chunks whose
+task died (worker crash, unwritable output) have no record and are redone.
 
 Outputs
 -------
@@ -171,7 +173,13 @@ def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json
 
 
 def _featurize_file(row: Row, config) -> tuple[dict[str, list] | None, Any, dict[str, str] | None]:
-    """All windows of one file as shard columns and codes (B, n_mels, frames), or an error record."""
+    """All windows of one file as shard columns and codes (B, n_mels, frames), or an error record.
+
+    A file's windows are held until it has decoded completely, so that a file
+    failing halfway leaves no rows: with the shard buffer, a worker holds at most
+    ``--shard-mb`` plus one file's codes (27.5 KB per window, at most
+    ``DecodeLimits.max_windows`` windows).
+    """
     import numpy as np
 
     from msc_core.audio import AudioStream
@@ -181,7 +189,7 @@ def _featurize_file(row: Row, config) -> tuple[dict[str, list] | None, Any, dict
     stage = "open"
     try:
         with AudioStream.open(path) as stream:
-            info = stream.info
+            stage, info = "decode", stream.info
             codes, starts, audio = [], [], []
             for batch in stream.windows(config):
                 stage = "featurize"
