@@ -118,31 +118,42 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     Raises
     ------
     InputError
-        ``out`` exists, the storage path contradicts ``resume``, or the shards cannot be split over ``workers``.
+        ``out`` exists, the storage path contradicts ``resume``, the shards lack val or test windows,
+        or they cannot be split over ``workers``.
     ray.train.TrainingFailedError
         Training failed more than ``max_failures`` times (rerun with ``resume``).
     """
+    import numpy as np
     import ray.train
+    from pyarrow.fs import FileType
     from ray.train.tensorflow import TensorflowTrainer
 
+    from msc_core.config import LABELS
     from msc_core.evaluation import evaluate_shards, write_history
     from msc_core.model import build_model, save_model_dir
+    from msc_core.shards import resolve_filesystem
     from msc_core.training import Checkpoint, ShardPlan, find_shards
 
     if Path(out).exists():
         raise InputError(f"{out} already exists; choose a new model directory")
-    storage_path = Path(storage or f"{out}.ray").resolve()
-    if resume and not (storage_path / RUN_NAME).exists():
+    storage_path = storage or str(Path(f"{out}.ray").resolve())
+    filesystem, inner = resolve_filesystem(storage_path)
+    earlier_run = filesystem.get_file_info(f"{inner}/{RUN_NAME}").type != FileType.NotFound
+    if resume and not earlier_run:
         raise InputError(f"nothing to resume: no run in {storage_path}")
-    if not resume and (storage_path / RUN_NAME).exists():
-        raise InputError(f"{storage_path / RUN_NAME} holds an earlier run; pass --resume to continue it or delete it")
+    if not resume and earlier_run:
+        raise InputError(f"{storage_path}/{RUN_NAME} holds an earlier run; pass --resume to continue it or delete it")
     if workers < 1:
         raise InputError("--workers must be at least 1")
     paths = find_shards(shards)
     plan = ShardPlan.scan(paths)
+    for split in ("val", "test"):
+        if not plan.totals(split).sum():
+            raise InputError(f"{shards}: the {split} split holds no labelled windows (needed for "
+                             f"{'early stopping' if split == 'val' else 'the evaluation'})")
     parts = plan.assign(workers)
     steps = plan.steps_per_epoch(parts, settings.batch_size)
-    class_weights = plan.class_weights() if settings.balance_classes else None
+    class_weights = plan.class_weights() if settings.balance_classes else np.ones(len(LABELS), np.float32)
     log.info("training on %d files, %s train windows per class, %d steps per epoch on each of %d workers",
              len(paths), plan.totals("train").tolist(), steps, workers)
     trainer = TensorflowTrainer(
@@ -151,11 +162,15 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
                            "class_weights": class_weights, "on_epoch_end": on_epoch_end},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=str(storage_path),
+            name=RUN_NAME, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError:
+        log.error("training failed; its checkpoints stay in %s: rerun with --resume to continue", storage_path)
+        raise
     with result.checkpoint.as_directory() as directory:
         final = Checkpoint.load(directory)
     model = build_model(plan.config, widths=settings.widths)
@@ -173,7 +188,6 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
 
 def _worker_loop(loop_config: dict) -> None:
     """One Ray Train worker: build the strategy, restore, train, report a checkpoint every epoch."""
-    import numpy as np
     import ray.train
     import tensorflow as tf
 
@@ -185,8 +199,6 @@ def _worker_loop(loop_config: dict) -> None:
     config, settings = loop_config["config"], loop_config["settings"]
     files, steps = loop_config["parts"][rank], loop_config["steps"]
     class_weights = loop_config["class_weights"]
-    if class_weights is None:
-        class_weights = np.ones(2, np.float32)
     extra_hook = loop_config["on_epoch_end"]
     restore = None
     if ray.train.get_checkpoint() is not None:

@@ -489,13 +489,12 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
         seconds = time.perf_counter() - started
         val_sums = sum((val_step(*batch).numpy() for batch in val_data()), np.zeros(3))
         total = all_reduce_sum(tf.constant(np.concatenate([train_sums, val_sums]), tf.float64)).numpy()
-        row = {"epoch": epoch, "loss": total[0] / max(total[2], 1), "accuracy": total[1] / max(total[2], 1),
-               "val_loss": total[3] / total[5] if total[5] else math.nan,
-               "val_accuracy": total[4] / total[5] if total[5] else math.nan,
-               "learning_rate": progress.learning_rate, "seconds": seconds, "input_wait_seconds": waiting,
-               "windows": int(total[2])}
         if not total[5]:
             raise InputError("the val split holds no labelled windows; early stopping needs them")
+        row = {"epoch": epoch, "loss": total[0] / max(total[2], 1), "accuracy": total[1] / max(total[2], 1),
+               "val_loss": total[3] / total[5], "val_accuracy": total[4] / total[5],
+               "learning_rate": progress.learning_rate, "seconds": seconds, "input_wait_seconds": waiting,
+               "windows": int(total[2])}
         progress.history.append(row)
         progress.epoch = epoch
         current = _values(model.weights)
