@@ -32,7 +32,8 @@ from test_training import write_synthetic_shards  # noqa: E402  (the tests' synt
 from jobs.raylib import init_ray  # noqa: E402
 from jobs.train import parse_widths, train  # noqa: E402
 from msc_core.config import PAPER  # noqa: E402
-from msc_core.training import ShardPlan, TrainSettings, find_shards, fit, labelled_batches, shard_dataset  # noqa: E402
+from msc_core.shards import list_shards, tf_dataset  # noqa: E402
+from msc_core.training import ShardPlan, TrainSettings, fit  # noqa: E402
 
 
 def record_epochs(directory: Path):
@@ -51,7 +52,7 @@ def ray_run(data: Path, scratch: Path, settings: TrainSettings, workers: int) ->
     records.mkdir()
     train(str(data), str(scratch / f"model-{workers}"), settings, workers=workers, max_failures=0,
           on_epoch_end=record_epochs(records))
-    plan = ShardPlan.scan(find_shards(str(data)))
+    plan = ShardPlan.scan(list_shards(str(data)))
     windows = settings.batch_size * plan.steps_per_epoch(plan.assign(workers), settings.batch_size)
     for rank in range(workers):
         row = json.loads((records / f"rank{rank}-epoch{settings.epochs}.json").read_text())
@@ -65,21 +66,22 @@ def local_run(data: Path, settings: TrainSettings, *, in_memory: bool) -> float:
     import numpy as np
     import tensorflow as tf
 
-    paths = find_shards(str(data))
+    paths = list_shards(str(data))
     plan = ShardPlan.scan(paths)
     steps = plan.steps_per_epoch([paths], settings.batch_size)
     if in_memory:
-        codes, labels = map(np.concatenate, zip(*labelled_batches(paths, PAPER, split="train")))
+        codes, labels = map(np.concatenate, zip(*((c.numpy(), y.numpy()) for c, y in tf_dataset(
+            paths, PAPER, split="train", batch_size=64))))
         tensors = tf.data.Dataset.from_tensor_slices((codes, labels))
 
         def train_data(epoch):
             return tensors.shuffle(len(codes), seed=epoch).batch(settings.batch_size, drop_remainder=True).take(steps)
     else:
         def train_data(epoch):
-            return shard_dataset(paths, PAPER, split="train", batch_size=settings.batch_size, shuffle_seed=epoch,
-                                 steps=steps, shuffle_buffer=settings.shuffle_buffer)
+            return tf_dataset(paths, PAPER, split="train", batch_size=settings.batch_size, shuffle_seed=epoch,
+                              shuffle_buffer=settings.shuffle_buffer).take(steps)
     final = fit(PAPER, settings, strategy=tf.distribute.get_strategy(), rank=0, workers=1, train_data=train_data,
-                val_data=lambda: shard_dataset(paths, PAPER, split="val", batch_size=settings.batch_size),
+                val_data=lambda: tf_dataset(paths, PAPER, split="val", batch_size=settings.batch_size),
                 class_weights=plan.class_weights())
     row = final.progress.history[-1]
     rate = row["windows"] / row["seconds"]

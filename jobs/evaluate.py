@@ -45,10 +45,9 @@ def evaluate(model_dir: str, shards: str, out: str, *, split: str = "test", batc
     """
     from msc_core.evaluation import evaluate_shards
     from msc_core.model import load_model_dir
-    from msc_core.shards import read_feature_config
-    from msc_core.training import find_shards
+    from msc_core.shards import list_shards, read_feature_config
 
-    paths = find_shards(shards)
+    paths = list_shards(shards)
     model = load_model_dir(model_dir, expected_config=read_feature_config(paths[0]))
     return evaluate_shards(model, paths, split=split, batch_size=batch_size).write(out)
 

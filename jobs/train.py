@@ -131,8 +131,8 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     from msc_core.config import LABELS
     from msc_core.evaluation import evaluate_shards, write_history
     from msc_core.model import build_model, save_model_dir
-    from msc_core.shards import resolve_filesystem
-    from msc_core.training import Checkpoint, ShardPlan, find_shards
+    from msc_core.shards import list_shards, resolve_filesystem
+    from msc_core.training import Checkpoint, ShardPlan
 
     if Path(out).exists():
         raise InputError(f"{out} already exists; choose a new model directory")
@@ -145,7 +145,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         raise InputError(f"{storage_path}/{RUN_NAME} holds an earlier run; pass --resume to continue it or delete it")
     if workers < 1:
         raise InputError("--workers must be at least 1")
-    paths = find_shards(shards)
+    paths = list_shards(shards)
     plan = ShardPlan.scan(paths)
     for split in ("val", "test"):
         if not plan.totals(split).sum():
@@ -191,7 +191,8 @@ def _worker_loop(loop_config: dict) -> None:
     import ray.train
     import tensorflow as tf
 
-    from msc_core.training import Checkpoint, fit, shard_dataset
+    from msc_core.shards import tf_dataset
+    from msc_core.training import Checkpoint, fit
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()
@@ -206,12 +207,13 @@ def _worker_loop(loop_config: dict) -> None:
             restore = Checkpoint.load(directory)
 
     def train_data(epoch: int):
-        return shard_dataset(files, config, split="train", batch_size=settings.batch_size, steps=steps,
-                             shuffle_seed=(settings.seed * 1_000_003 + epoch) * 1009 + rank,
-                             shuffle_buffer=settings.shuffle_buffer)
+        # Every worker holds at least steps * batch_size train windows, so these batches are all full.
+        return tf_dataset(files, config, split="train", batch_size=settings.batch_size,
+                          shuffle_seed=(settings.seed * 1_000_003 + epoch) * 1009 + rank,
+                          shuffle_buffer=settings.shuffle_buffer).take(steps)
 
     def val_data():
-        return shard_dataset(files, config, split="val", batch_size=settings.batch_size)
+        return tf_dataset(files, config, split="val", batch_size=settings.batch_size)
 
     def report(end) -> None:
         metrics = {**end.progress.history[-1], "peak_rss_mb": end.peak_rss_mb}

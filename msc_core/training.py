@@ -34,16 +34,14 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from .config import LABELS, FeatureConfig
 from .errors import FeatureConfigMismatchError, InputError
-from .shards import codes_from_arrow, iter_batches, read_feature_config, resolve_filesystem
+from .shards import iter_batches, read_feature_config
 
 SPLITS = ("train", "val", "test")
 PROGRESS_FILE = "progress.json"
@@ -95,40 +93,6 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------------------------------- shards
-def find_shards(source: str) -> list[str]:
-    """Shard files under ``source``: ``DIR/shards/part-*.parquet``, ``DIR/part-*.parquet`` or one file.
-
-    Parameters
-    ----------
-    source : str
-        Local path or URI (s3://, gs://).
-
-    Returns
-    -------
-    list of str
-        Sorted paths (URIs keep their scheme).
-
-    Raises
-    ------
-    InputError
-        No shard files there.
-    """
-    filesystem, inner = resolve_filesystem(source)
-    prefix = source[: len(source) - len(inner)] if source.endswith(inner) else ""
-    info = filesystem.get_file_info(inner)
-    if info.type == pafs.FileType.File:
-        return [source]
-    for folder in (f"{inner.rstrip('/')}/shards", inner):
-        if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
-            continue
-        found = sorted(f"{prefix}{item.path}" for item in filesystem.get_file_info(pafs.FileSelector(folder))
-                       if item.type == pafs.FileType.File and item.base_name.startswith("part-")
-                       and item.base_name.endswith(".parquet"))
-        if found:
-            return found
-    raise InputError(f"{source}: no shard files (expected {source}/shards/part-*.parquet)")
-
-
 @dataclass(frozen=True)
 class ShardPlan:
     """Shard files with their labelled-window counts, read from the small ``label``/``split`` columns only.
@@ -203,62 +167,6 @@ class ShardPlan:
         if smallest < batch_size:
             raise InputError(f"a worker gets only {smallest} train windows, fewer than one batch of {batch_size}")
         return smallest // batch_size
-
-
-def labelled_batches(paths: Sequence[str], config: FeatureConfig, *, split: str,
-                     batch_rows: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream (codes, label index) of the labelled windows of one split.
-
-    Yields
-    ------
-    codes : np.ndarray, uint8, shape (B, n_mels, frames)
-    labels : np.ndarray, int32, shape (B,)
-        Index into :data:`~msc_core.config.LABELS`.
-    """
-    for batch in iter_batches(paths, config, columns=("codes", "label"), batch_rows=batch_rows, filter_split=split):
-        labels = batch.column("label")
-        labelled = pc.is_in(labels, pa.array(LABELS))
-        batch = batch.filter(pc.fill_null(labelled, False))
-        if batch.num_rows:
-            index = pc.index_in(batch.column("label"), pa.array(LABELS))
-            yield codes_from_arrow(batch.column("codes"), config), index.to_numpy().astype(np.int32)
-
-
-def shard_dataset(paths: Sequence[str], config: FeatureConfig, *, split: str, batch_size: int,
-                  shuffle_seed: int | None = None, shuffle_buffer: int = 256, steps: int | None = None):
-    """A ``tf.data.Dataset`` of (codes, labels) batches streamed from shard files.
-
-    Parameters
-    ----------
-    paths : sequence of str
-        This worker's files; with ``shuffle_seed`` their order is shuffled too.
-    split : str
-    batch_size : int
-    shuffle_seed : int or None
-        Shuffle windows in a ``shuffle_buffer``-sized buffer (``None``: keep order).
-    steps : int or None
-        Take exactly this many full batches (drop the rest); ``None``: every
-        window, the last batch possibly smaller.
-
-    Returns
-    -------
-    tf.data.Dataset
-        Elements ``(uint8 (B, n_mels, frames), int32 (B,))``.
-    """
-    import tensorflow as tf
-
-    order = list(paths)
-    if shuffle_seed is not None:
-        order = [order[i] for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
-    signature = (tf.TensorSpec((None, *config.encoded_shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
-    dataset = tf.data.Dataset.from_generator(lambda: labelled_batches(order, config, split=split),
-                                             output_signature=signature).unbatch()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed)
-    dataset = dataset.batch(batch_size, drop_remainder=steps is not None)
-    if steps is not None:
-        dataset = dataset.take(steps)
-    return dataset.prefetch(2)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -401,8 +309,8 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
         This worker's index and the number of workers.
     train_data : callable(epoch) -> tf.data.Dataset
         This worker's (uint8 codes (B, n_mels, frames), int32 labels (B,)) batches for
-        1-based ``epoch``; every worker must give the same number of batches of
-        ``settings.batch_size``.
+        1-based ``epoch`` (e.g. :func:`msc_core.shards.tf_dataset` ``.take(steps)``); every
+        worker must give the same number of batches of ``settings.batch_size``.
     val_data : callable() -> tf.data.Dataset
         This worker's share of the validation windows (any number of batches).
     class_weights : np.ndarray, float32, shape (2,)

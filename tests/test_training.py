@@ -52,14 +52,11 @@ def dataset(tmp_path_factory) -> Path:
                                   splits={"train": 8, "val": 4, "test": 4})
 
 
-def test_find_shards_and_plan(dataset, tmp_path):
-    from msc_core.training import ShardPlan, find_shards
+def test_plan_counts_balances_and_sizes_epochs(dataset):
+    from msc_core.shards import list_shards
+    from msc_core.training import ShardPlan
 
-    paths = find_shards(str(dataset))
-    assert [Path(p).name for p in paths] == [f"part-{i:05d}.parquet" for i in range(3)]
-    assert find_shards(str(dataset / "shards")) == paths == find_shards(str(dataset)) and find_shards(paths[0]) == paths[:1]
-    with pytest.raises(InputError):
-        find_shards(str(tmp_path))
+    paths = list_shards(str(dataset))
     plan = ShardPlan.scan(paths)
     assert plan.config.hash == SMALL.hash
     assert plan.totals("train").tolist() == [12, 12] and plan.totals("val").tolist() == [6, 6]
@@ -69,49 +66,40 @@ def test_find_shards_and_plan(dataset, tmp_path):
     assert plan.steps_per_epoch(parts, 4) == 2            # the lighter worker holds one file: 8 windows
     with pytest.raises(InputError, match="too few"):
         plan.assign(4)
+    with pytest.raises(InputError, match="fewer than one batch"):
+        plan.steps_per_epoch(parts, 9)
 
 
 def test_plan_weights_imbalanced_classes_and_refuses_mixed_features(tmp_path):
-    from msc_core.training import ShardPlan, find_shards
+    from msc_core.shards import list_shards
+    from msc_core.training import ShardPlan
 
     skewed = write_synthetic_shards(tmp_path / "skewed", files=1, music_share=0.25,
                                     splits={"train": 8, "val": 1, "test": 1})
-    plan = ShardPlan.scan(find_shards(str(skewed)))
+    plan = ShardPlan.scan(list_shards(str(skewed)))
     speech, music = plan.totals("train")
     assert (speech, music) == (6, 2)
     np.testing.assert_allclose(plan.class_weights(), [8 / 12, 8 / 4])
     other = write_synthetic_shards(tmp_path / "other", FeatureConfig(n_mels=16, window_seconds=1.0, frames=43),
                                    files=1, splits={"train": 2, "val": 1, "test": 1})
     with pytest.raises(FeatureConfigMismatchError):
-        ShardPlan.scan(find_shards(str(skewed)) + find_shards(str(other)))
-
-
-def test_shard_dataset_streams_labelled_batches(dataset):
-    from msc_core.training import find_shards, shard_dataset
-
-    batches = list(shard_dataset(find_shards(str(dataset)), SMALL, split="val", batch_size=5))
-    codes = np.concatenate([c.numpy() for c, _ in batches])
-    labels = np.concatenate([y.numpy() for _, y in batches])
-    assert codes.shape == (12, 32, 43) and codes.dtype == np.uint8
-    assert labels.tolist() == [0, 1] * 6
-    shuffled = list(shard_dataset(find_shards(str(dataset)), SMALL, split="train", batch_size=4, shuffle_seed=3,
-                                  steps=5))
-    assert [tuple(c.shape) for c, _ in shuffled] == [(4, 32, 43)] * 5
+        ShardPlan.scan(list_shards(str(skewed)) + list_shards(str(other)))
 
 
 def _fit_locally(dataset: Path, settings, restore=None, on_epoch_end=lambda end: None):
     """:func:`fit` on one worker with the default strategy, as a quick stand-in for Ray."""
     import tensorflow as tf
 
-    from msc_core.training import ShardPlan, find_shards, fit, shard_dataset
+    from msc_core.shards import list_shards, tf_dataset
+    from msc_core.training import ShardPlan, fit
 
-    paths = find_shards(str(dataset))
+    paths = list_shards(str(dataset))
     plan = ShardPlan.scan(paths)
     steps = plan.steps_per_epoch([paths], settings.batch_size)
     return fit(SMALL, settings, strategy=tf.distribute.get_strategy(), rank=0, workers=1,
-               train_data=lambda epoch: shard_dataset(paths, SMALL, split="train", batch_size=settings.batch_size,
-                                                      shuffle_seed=epoch, steps=steps),
-               val_data=lambda: shard_dataset(paths, SMALL, split="val", batch_size=8),
+               train_data=lambda epoch: tf_dataset(paths, SMALL, split="train", batch_size=settings.batch_size,
+                                                   shuffle_seed=epoch).take(steps),
+               val_data=lambda: tf_dataset(paths, SMALL, split="val", batch_size=8),
                class_weights=plan.class_weights(), restore=restore, on_epoch_end=on_epoch_end)
 
 
@@ -173,11 +161,11 @@ def test_metrics_agree_with_scikit_learn():
 def test_evaluate_shards_writes_every_file(dataset, tmp_path):
     from msc_core.evaluation import evaluate_shards, write_history
     from msc_core.model import build_model, save_model_dir
-    from msc_core.training import find_shards
+    from msc_core.shards import list_shards
 
     model = save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, seed=0), SMALL, tmp_path / "model",
                            source="trained")
-    evaluation = evaluate_shards(model, find_shards(str(dataset)), split="test", batch_size=5)
+    evaluation = evaluate_shards(model, list_shards(str(dataset)), split="test", batch_size=5)
     summary = evaluation.write(tmp_path / "eval")
     write_history([{"epoch": 1, "loss": 0.7, "accuracy": 0.5, "val_loss": 0.69, "val_accuracy": 0.5},
                    {"epoch": 2, "loss": 0.6, "accuracy": 0.6, "val_loss": 0.65, "val_accuracy": 0.6}], tmp_path / "eval")
@@ -191,4 +179,4 @@ def test_evaluate_shards_writes_every_file(dataset, tmp_path):
     for row in evaluation.misclassified:
         assert row["path"].startswith("synth/") and row["true"] in row["path"] and row["start_s"] >= 6.0
     with pytest.raises(InputError, match="no labelled windows"):
-        evaluate_shards(model, find_shards(str(dataset)), split="nonexistent")
+        evaluate_shards(model, list_shards(str(dataset)), split="nonexistent")
