@@ -271,7 +271,7 @@ def iter_chunks(sources: Sequence[str], *, layout: str, fractions: Sequence[floa
 
     chunk: list[Row] = []
     for item in iter_items(sources, layout=layout, allow_outside=allow_outside):
-        split = assign_split(item.group, fractions=fractions, seed=seed) if item.label else None
+        split = item.split or (assign_split(item.group, fractions=fractions, seed=seed) if item.label else None)
         chunk.append((item.path, item.label, item.group, item.genre, split))
         if len(chunk) == files_per_task:
             yield chunk

@@ -190,12 +190,16 @@ class Item:
         Unit that must not straddle splits (track, speaker, file).
     genre : str or None
         Finer class when the layout gives one (GTZAN genre).
+    split : str or None
+        A split fixed by a manifest's ``split`` column; None lets
+        :func:`assign_split` decide from the group.
     """
 
     path: str
     label: str | None
     group: str
     genre: str | None = None
+    split: str | None = None
 
 
 def gtzan_item(path: str) -> Item | None:
@@ -300,16 +304,18 @@ def iter_items(sources: Sequence[str], *, layout: str = "auto", allow_outside: b
 
 
 def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int = 65536) -> Iterator[Item]:
-    """Items of a CSV or Parquet manifest with columns ``path``, ``label`` and optional ``group``, ``genre``.
+    """Items of a CSV or Parquet manifest: ``path``, ``label`` and optional ``group``, ``genre``, ``split``.
 
     Read in record batches, so a manifest of millions of rows is never held whole.
     Relative paths are resolved against the manifest's folder. An empty or
     null label means unlabelled; a missing or empty group means the file itself.
+    A ``split`` column (train/val/test) fixes splits as given, e.g. to hold out
+    whole sources; the manifest's author then answers for groups not straddling.
 
     Raises
     ------
     InputError
-        Missing columns, labels outside :data:`msc_core.config.LABELS`, empty
+        Missing columns, labels outside :data:`msc_core.config.LABELS`, splits outside :data:`SPLITS`, empty
         paths, or (unless ``allow_outside``) paths leaving the manifest's folder.
     """
     import pyarrow.csv as pacsv
@@ -329,7 +335,7 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
             batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
         else:
             convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types={
-                name: "string" for name in ("path", "label", "group", "genre")})
+                name: "string" for name in ("path", "label", "group", "genre", "split")})
             batches = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=1 << 22),
                                      convert_options=convert)
         row = 1
@@ -338,11 +344,12 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
             missing = {"path", "label"} - set(columns)
             if missing:
                 raise InputError(f"{manifest}: manifest lacks column(s) {', '.join(sorted(missing))} "
-                                 "(needs path,label[,group][,genre])")
+                                 "(needs path,label[,group][,genre][,split])")
             count = batch.num_rows
-            for path, label, group, genre in zip(columns["path"], columns["label"],
-                                                 columns.get("group", [None] * count),
-                                                 columns.get("genre", [None] * count)):
+            for path, label, group, genre, split in zip(columns["path"], columns["label"],
+                                                        columns.get("group", [None] * count),
+                                                        columns.get("genre", [None] * count),
+                                                        columns.get("split", [None] * count)):
                 row += 1
                 resolved = _resolve_manifest_path(path, base=base, remote=remote, allow_outside=allow_outside,
                                                   where=f"{manifest} row {row}")
@@ -350,7 +357,12 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
                 if label is not None and label not in LABELS:
                     raise InputError(f"{manifest} row {row}: label {label!r} is not one of {', '.join(LABELS)} "
                                      "or empty")
-                yield Item(resolved, label, str(group) if group else resolved, genre or None)
+                split = (split or "").strip().lower() or None
+                if split is not None and split not in SPLITS:
+                    raise InputError(f"{manifest} row {row}: split {split!r} is not one of {', '.join(SPLITS)} "
+                                     "or empty")
+                yield Item(resolved, label, str(group) if group else resolved, genre or None,
+                           split if label else None)
 
 
 def _resolve_manifest_path(path: str | None, *, base: str, remote: bool, allow_outside: bool, where: str) -> str:

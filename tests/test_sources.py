@@ -92,6 +92,12 @@ def test_csv_and_parquet_manifests(tmp_path):
     ]
 
 
+def test_manifest_split_column_fixes_splits(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label,group,split\na.wav,music,g,Val\nb.wav,speech,h,\nc.wav,,,test\n")
+    items = list(sources.iter_items([str(tmp_path / "m.csv")]))
+    assert [item.split for item in items] == ["val", None, None]  # unlabelled rows get no split
+
+
 @pytest.mark.parametrize("row", ["../secret.wav", "clips/../../secret.wav", "/etc/passwd", "s3://b/k.wav"])
 def test_manifest_may_not_escape_its_folder_unless_allowed(tmp_path, row):
     manifest = tmp_path / "sub" / "m.csv"
@@ -104,7 +110,8 @@ def test_manifest_may_not_escape_its_folder_unless_allowed(tmp_path, row):
 
 @pytest.mark.parametrize("text, match", [("path,group\na.wav,g\n", "lacks column"),
                                          ("path,label\na.wav,noise\n", "not one of"),
-                                         ("path,label\n,music\n", "empty path")])
+                                         ("path,label\n,music\n", "empty path"),
+                                         ("path,label,split\na.wav,music,holdout\n", "not one of")])
 def test_malformed_manifests(tmp_path, text, match):
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(InputError, match=match):
