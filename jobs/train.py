@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from jobs.raylib import add_ray_arguments, init_ray
+from jobs.raylib import add_ray_arguments, cluster_cpus, init_ray
 from msc_core.errors import InputError
 from msc_core.training import TrainSettings
 
@@ -99,7 +99,8 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         Local model directory to create.
     settings : TrainSettings
     workers : int
-        Ray Train workers; each needs one CPU (and one GPU with ``use_gpu``).
+        Ray Train workers; each reserves an equal share of the CPUs (:func:`cpus_per_worker`)
+        and one GPU with ``use_gpu``.
     use_gpu : bool
     max_failures : int
         Worker-group failures Ray recovers from.
@@ -160,7 +161,8 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         _worker_loop,
         train_loop_config={"config": plan.config, "settings": settings, "parts": parts, "steps": steps,
                            "class_weights": class_weights, "on_epoch_end": on_epoch_end},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker(workers)}),
         run_config=ray.train.RunConfig(
             name=RUN_NAME, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
@@ -184,6 +186,18 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     write_history(progress.history, out)
     evaluate_shards(saved, paths, split="test").write(out)
     return saved
+
+
+def cpus_per_worker(workers: int) -> int:
+    """CPUs each worker reserves: an equal share of the cluster, at most one node's worth, at least 1.
+
+    TensorFlow's kernels are multi-threaded; Ray limits a worker's threads to the
+    CPUs it reserves, so one worker on a 2-CPU machine should reserve both.
+    """
+    import ray
+
+    largest_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
+    return int(max(1, min(cluster_cpus() // workers, largest_node)))
 
 
 def _worker_loop(loop_config: dict) -> None:

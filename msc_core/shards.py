@@ -200,11 +200,13 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
 
 
 def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str | None = None, batch_size: int = 8,
-               dense: bool = False, shuffle_seed: int | None = None, shuffle_buffer: int = 1024):
+               dense: bool = False, shuffle_seed: int | None = None, shuffle_buffer: int = 1024,
+               interleave_files: int = 8):
     """A ``tf.data.Dataset`` of labelled windows streamed from shards.
 
     Unlabelled rows are skipped. Memory stays bounded: shards are read in
-    record batches and at most ``shuffle_buffer`` windows wait in the shuffle.
+    record batches, at most ``interleave_files`` shards are open at once and at
+    most ``shuffle_buffer`` windows wait in the shuffle.
 
     Parameters
     ----------
@@ -220,9 +222,13 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
         input (B, layers, n_mels, frames, 1) rebuilt with :func:`~msc_core.depth.decode_tf`.
     shuffle_seed : int or None
         None: file order, no shuffle. Otherwise files are visited in a seeded
-        random order and windows shuffled in a buffer of ``shuffle_buffer``.
+        random order, windows of ``interleave_files`` files are interleaved one
+        by one (shards hold runs of one source or class, which a shuffle buffer
+        alone would not mix), then shuffled in a buffer of ``shuffle_buffer``.
     shuffle_buffer : int
         Windows held by the shuffle (about 27.5 KB each).
+    interleave_files : int
+        Shards read at once when shuffling.
 
     Returns
     -------
@@ -240,17 +246,24 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
         files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
     label_index = pa.array(LABELS)
 
-    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in iter_batches(files, config, columns=("codes", "label"), filter_split=split):
+    def generate(path: bytes) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in iter_batches([path.decode()], config, columns=("codes", "label"), filter_split=split,
+                                  batch_rows=64):
             batch = batch.filter(pc.is_valid(batch.column("label")))
             if batch.num_rows:
                 labels = pc.index_in(batch.column("label"), value_set=label_index)
                 if labels.null_count:
-                    raise InputError(f"labels outside {LABELS} in {paths}")
+                    raise InputError(f"labels outside {LABELS} in {path.decode()}")
                 yield codes_from_arrow(batch.column("codes"), config), labels.to_numpy().astype(np.int32)
 
     signature = (tf.TensorSpec((None, *config.encoded_shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+
+    def read_file(path):
+        return tf.data.Dataset.from_generator(generate, args=(path,), output_signature=signature).unbatch()
+
+    cycle = 1 if shuffle_seed is None else max(1, min(interleave_files, len(files)))
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).interleave(
+        read_file, cycle_length=cycle, block_length=1)
     if shuffle_seed is not None:
         dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
