@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"initial Adam learning rate (default {defaults.learning_rate})")
     parser.add_argument("--widths", type=parse_widths, default=defaults.widths, metavar="A,B,C",
                         help="filters of the three Conv3D layers (default 32,64,128)")
+    parser.add_argument("--bn-momentum", type=float, default=defaults.batchnorm_momentum, metavar="M",
+                        help=f"BatchNormalization momentum (default {defaults.batchnorm_momentum}, the paper's; "
+                             "0.9 for short runs on little data)")
     parser.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
                         help=f"early-stopping patience in epochs (default {defaults.early_stopping_patience})")
     parser.add_argument("--lr-patience", type=int, default=defaults.lr_patience,
@@ -175,7 +178,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         raise
     with result.checkpoint.as_directory() as directory:
         final = Checkpoint.load(directory)
-    model = build_model(plan.config, widths=settings.widths)
+    model = build_model(plan.config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum)
     model.set_weights(final.best_accuracy)
     progress = final.progress
     saved = save_model_dir(model, plan.config, out, source="trained", extra={
@@ -247,6 +250,7 @@ def _worker_loop(loop_config: dict) -> None:
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The :class:`TrainSettings` an ``msc train`` command line asks for."""
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, widths=args.widths,
+                         batchnorm_momentum=args.bn_momentum,
                          early_stopping_patience=args.patience, lr_patience=args.lr_patience,
                          balance_classes=not args.no_class_weights, seed=args.seed)
 

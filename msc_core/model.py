@@ -54,7 +54,8 @@ _DENSE_DROPOUT = 0.5
 
 # ---------------------------------------------------------------------------------------- building
 def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WIDTHS,
-              dense: tuple[int, int] = PAPER_DENSE, seed: int | None = None) -> keras.Sequential:
+              dense: tuple[int, int] = PAPER_DENSE, batchnorm_momentum: float = 0.99,
+              seed: int | None = None) -> keras.Sequential:
     """The paper's 3D CNN over the dense depth tensor (about 303k parameters at paper widths).
 
     Three blocks ``Conv3D(3x3x3, same, relu) -> BatchNormalization``, the first
@@ -70,6 +71,11 @@ def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WID
         Filters of the three convolutions.
     dense : tuple of 2 int
         Units of the two hidden dense layers.
+    batchnorm_momentum : float
+        Momentum of the BatchNormalization moving statistics (the paper's 0.99).
+        The depth tensor's activations have variances near 1e-3 while the moving
+        variance starts at 1, so 0.99 needs about 1,000 steps before inference
+        mode is usable; short runs on small data want e.g. 0.9.
     seed : int or None
         Seeds the kernel initializers and dropout masks (layer ``i`` gets
         ``seed + i``); ``None`` draws them at random.
@@ -84,7 +90,7 @@ def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WID
     def conv(filters: int) -> list[keras.layers.Layer]:
         return [keras.layers.Conv3D(filters, 3, padding="same", activation="relu",
                                     kernel_initializer=keras.initializers.GlorotUniform(next(seeds))),
-                keras.layers.BatchNormalization()]
+                keras.layers.BatchNormalization(momentum=batchnorm_momentum)]
 
     def dropout(rate: float) -> keras.layers.Layer:
         return keras.layers.Dropout(rate, seed=next(seeds))
@@ -144,13 +150,14 @@ def _codes_model(cnn: keras.Model, config: FeatureConfig) -> keras.Model:
 
 
 def build_model(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WIDTHS,
-                dense: tuple[int, int] = PAPER_DENSE, seed: int | None = None) -> keras.Model:
+                dense: tuple[int, int] = PAPER_DENSE, batchnorm_momentum: float = 0.99,
+                seed: int | None = None) -> keras.Model:
     """A fresh msc model: :func:`decode_stage` then :func:`build_cnn` (nested as ``"cnn"``).
 
     Parameters
     ----------
     config : FeatureConfig
-    widths, dense, seed
+    widths, dense, batchnorm_momentum, seed
         As in :func:`build_cnn`.
 
     Returns
@@ -158,7 +165,8 @@ def build_model(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_W
     keras.Model
         uint8 codes (B, n_mels, frames) -> softmax float32 (B, 2), [speech, music].
     """
-    return _codes_model(build_cnn(config, widths=widths, dense=dense, seed=seed), config)
+    return _codes_model(build_cnn(config, widths=widths, dense=dense, batchnorm_momentum=batchnorm_momentum,
+                                  seed=seed), config)
 
 
 def architecture(model: keras.Model) -> list[tuple[str, dict[str, Any]]]:

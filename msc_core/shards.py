@@ -176,7 +176,8 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
     Parameters
     ----------
     source : str or sequence of str
-        A local folder or URI prefix, or shard paths (returned as given).
+        A local folder or URI prefix, or shard paths. Local paths come back
+        absolute, so they still hold in Ray workers with another working directory.
 
     Raises
     ------
@@ -184,7 +185,9 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
         A folder that holds no shards.
     """
     if not isinstance(source, str):
-        return list(source)
+        return [path if "://" in path else os.path.abspath(path) for path in source]
+    if "://" not in source:
+        source = os.path.abspath(source)
     if source.endswith(".parquet"):
         return [source]
     filesystem, inner = resolve_filesystem(source)

@@ -63,6 +63,9 @@ class TrainSettings:
         Initial Adam learning rate.
     widths : tuple of 3 int
         Filters of the three Conv3D layers.
+    batchnorm_momentum : float
+        Momentum of BatchNormalization's moving statistics (the paper's 0.99;
+        see :func:`msc_core.model.build_cnn` for when to lower it).
     early_stopping_patience : int
         Epochs without a lower validation loss before training stops
         (the weights of the best-loss epoch are then restored).
@@ -83,6 +86,7 @@ class TrainSettings:
     batch_size: int = 8
     learning_rate: float = 1e-3
     widths: tuple[int, int, int] = (32, 64, 128)
+    batchnorm_momentum: float = 0.99
     early_stopping_patience: int = 15
     lr_patience: int = 7
     lr_factor: float = 0.5
@@ -334,7 +338,8 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
     keras.utils.set_random_seed(settings.seed)
     global_batch = settings.batch_size * workers
     with strategy.scope():
-        model = build_model(config, widths=settings.widths, seed=settings.seed)
+        model = build_model(config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum,
+                            seed=settings.seed)
         optimizer = keras.optimizers.Adam(settings.learning_rate)
         optimizer.build(model.trainable_variables)
     class_weight_table = tf.constant(class_weights, tf.float32)
