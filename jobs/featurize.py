@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Iterable, Iterator, Sequence
 
+from jobs.options import add_window_arguments, window_config
 from jobs.raylib import add_ray_arguments
 
 DEFAULT_SHARD_MB = 64.0
@@ -84,10 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="how paths give labels and groups (default: detect per file)")
     parser.add_argument("--allow-outside", action="store_true",
                         help="let manifests name files outside their own folder")
-    parser.add_argument("--window", choices=("first", "all"), default="all",
-                        help="'first': the paper's first 5 s only; 'all': every window (default)")
-    parser.add_argument("--hop", type=float, default=None, metavar="S",
-                        help="seconds between window starts with --window all (default: window length)")
+    add_window_arguments(parser)
     parser.add_argument("--split", default="70/15/15", metavar="TRAIN/VAL/TEST",
                         help="split fractions by group (default 70/15/15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -102,7 +100,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``msc featurize`` from parsed arguments; returns the exit code (0 ok, 1 some files failed)."""
-    from msc_core.config import PAPER
     from msc_core.errors import InputError
     from msc_core.sources import parse_split
 
@@ -110,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.files_per_task < 1 or args.shard_mb <= 0:
         raise InputError("--files-per-task and --shard-mb must be positive")
-    try:
-        config = PAPER.with_window(mode=args.window, hop_seconds=args.hop)
-    except ValueError as error:
-        raise InputError(str(error)) from error
+    config = window_config(args)
     fractions = parse_split(args.split)
     init_ray(args.address, num_cpus=args.num_cpus)
     manifest = featurize_archive(args.sources, out=args.out, config=config, layout=args.layout,

@@ -44,6 +44,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from jobs.options import add_window_arguments, window_config
+
 log = logging.getLogger("msc.infer")
 
 PART_KINDS = ("windows", "segments", "predictions")  # written in this order; predictions marks a chunk done
@@ -64,10 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="msc model directory (default: the model bundled with msc)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (local path or URI)")
-    parser.add_argument("--window", choices=("all", "first"), default="all",
-                        help="label every window (default) or only the first 5 s, as in the paper")
-    parser.add_argument("--hop", type=float, default=None, metavar="S",
-                        help="seconds between window starts with --window all (default 5, back to back)")
+    add_window_arguments(parser)
     parser.add_argument("--format", default="parquet,csv", metavar="FMT",
                         help="final file formats, comma-separated from parquet,csv (default both)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
@@ -391,17 +390,15 @@ def run(args: argparse.Namespace) -> int:
 
     from jobs.raylib import init_ray
     from msc_core.errors import InputError, MscError
-    from msc_core.labelling import DEFAULT_MODEL_DIR, load_model, window_config
+    from msc_core.labelling import DEFAULT_MODEL_DIR, load_model
     from msc_core.shards import resolve_filesystem
 
     formats = [name.strip() for name in args.format.split(",") if name.strip()]
     if not formats or set(formats) - {"parquet", "csv"}:
         raise InputError(f"--format takes parquet and/or csv, not {args.format!r}")
-    if args.hop is not None and args.window == "first":
-        raise InputError("--hop applies to --window all only")
     if args.chunk_files < 1 or args.batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
-    config = window_config(args.window, args.hop)
+    config = window_config(args)
     model = load_model(args.model)  # checks the model and its features before any work starts
     model_dir = str(args.model or DEFAULT_MODEL_DIR)
     filesystem, root = resolve_filesystem(args.out)

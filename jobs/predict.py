@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from jobs.options import add_window_arguments, window_config
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``msc predict``."""
@@ -19,21 +21,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (paths or fsspec URIs)")
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="msc model directory (default: the model bundled with msc)")
-    parser.add_argument("--window", choices=("all", "first"), default="all",
-                        help="label every 5-s window (default) or only the first, as in the paper")
-    parser.add_argument("--hop", type=float, default=None, metavar="S",
-                        help="seconds between window starts with --window all (default 5)")
+    add_window_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Label each file and print the results; 1 if any file failed."""
-    from msc_core.errors import InputError
     from msc_core.labelling import format_label, label_dict, label_file, load_model
 
-    if args.hop is not None and args.window == "first":
-        raise InputError("--hop applies to --window all only")
+    window_config(args)  # refuses bad window options before the model loads
     model = load_model(args.model)
     labels = [label_file(path, model, window=args.window, hop_s=args.hop) for path in args.files]
     if args.json:
