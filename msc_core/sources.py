@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from typing import Iterator, Sequence
 
 from .config import LABELS
 from .errors import InputError
+
+log = logging.getLogger("msc.sources")
 
 AUDIO_EXTENSIONS = frozenset({
     ".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".aifc",
@@ -120,17 +123,38 @@ def _iter_one(source: str) -> Iterator[str]:
         yield os.path.abspath(local)
 
 
-def _walk(folder: str) -> Iterator[str]:
-    """Audio files under ``folder``, depth first, entries sorted by name in each folder."""
+def _walk(folder: str, *, visited: set[tuple[int, int]] | None = None) -> Iterator[str]:
+    """Audio files under ``folder``, depth first, entries sorted by name in each folder.
+
+    Symbolic links to folders are followed once each (a link back to an
+    ancestor is not walked again). An entry with an audio extension that is
+    not a folder is listed even when it cannot be read (a dangling link, a link
+    loop, no permission), so the job reports it as a failed file rather than
+    losing it silently. A sub-folder that cannot be listed is skipped with a
+    warning; only an unlistable top folder is an error.
+    """
+    top = visited is None
+    visited = set() if top else visited
     try:
+        identity = os.stat(folder)
         with os.scandir(folder) as scan:
             entries = sorted(scan, key=lambda entry: entry.name)
     except OSError as error:
-        raise InputError(f"{folder}: cannot list ({error.strerror or error})") from error
+        if top:
+            raise InputError(f"{folder}: cannot list ({error.strerror or error})") from error
+        log.warning("skipping folder %s: cannot list it (%s)", folder, error.strerror or error)
+        return
+    if (identity.st_dev, identity.st_ino) in visited:
+        return
+    visited.add((identity.st_dev, identity.st_ino))
     for entry in entries:
-        if entry.is_dir():
-            yield from _walk(entry.path)
-        elif has_audio_extension(entry.name) and entry.is_file():
+        try:
+            is_folder = entry.is_dir()
+        except OSError:
+            is_folder = False
+        if is_folder:
+            yield from _walk(entry.path, visited=visited)
+        elif has_audio_extension(entry.name):
             yield entry.path
 
 

@@ -46,6 +46,28 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A small model trained for a few steps on synthetic music (1) and speech (0) windows."""
+    import keras
+
+    from msc_core.config import PAPER
+    from msc_core.depth import featurize
+    from msc_core.model import build_model, save_model_dir
+
+    rate, size = PAPER.sample_rate, PAPER.window_samples
+    music = [synth.music_like(5.0, sample_rate=rate, seed=seed) for seed in range(4)]
+    speech = [synth.speech_like(5.0, sample_rate=rate, seed=seed) for seed in range(4)]
+    codes = featurize(np.stack([clip[:size] for clip in music + speech]), PAPER)
+    labels = np.array([1] * len(music) + [0] * len(speech))
+    model = build_model(PAPER, widths=(4, 8, 16), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(codes, labels, batch_size=4, epochs=3, shuffle=True, verbose=0)
+    out = tmp_path_factory.mktemp("model") / "small"
+    save_model_dir(model, PAPER, out, source="trained", extra={"purpose": "tests"})
+    return out
+
+
 def write_audio(path: Path, kind: str, seconds: float, *, sample_rate: int = 22050, channels: int = 1,
                 seed: int = 0, subtype: str | None = None) -> Path:
     """Write a synthetic music-like or speech-like file; the format follows the extension."""

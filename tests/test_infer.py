@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -20,27 +19,9 @@ import soundfile as sf
 from jobs.cli import main
 from msc_core import synth
 from msc_core.config import PAPER
-from msc_core.depth import featurize
-from msc_core.model import build_model, save_model_dir
 from tests.conftest import REPO, write_audio
 
 LONG_SECONDS = 610.0
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A small model trained for a few steps on synthetic music (1) and speech (0) windows."""
-    rate, size = PAPER.sample_rate, PAPER.window_samples
-    music = [synth.music_like(5.0, sample_rate=rate, seed=seed) for seed in range(4)]
-    speech = [synth.speech_like(5.0, sample_rate=rate, seed=seed) for seed in range(4)]
-    codes = featurize(np.stack([clip[:size] for clip in music + speech]), PAPER)
-    labels = np.array([1] * len(music) + [0] * len(speech))
-    model = build_model(PAPER, widths=(4, 8, 16), seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(codes, labels, batch_size=4, epochs=3, shuffle=True, verbose=0)
-    out = tmp_path_factory.mktemp("model") / "small"
-    save_model_dir(model, PAPER, out, source="trained", extra={"purpose": "tests"})
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import os
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -139,3 +140,13 @@ def test_parse_split():
     for bad in ("70/30", "a/b/c", "0/0/0", "-1/1/1"):
         with pytest.raises(InputError):
             sources.parse_split(bad)
+
+
+def test_walk_survives_link_loops_and_lists_unreadable_audio(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.wav").write_bytes(b"x")
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)  # a cycle through a folder link
+    (tmp_path / "loop.wav").symlink_to("loop.wav")                              # a link to itself
+    (tmp_path / "gone.flac").symlink_to(tmp_path / "missing.flac")              # dangling
+    listed = list(sources.iter_audio_paths([str(tmp_path)]))
+    assert sorted(os.path.basename(path) for path in listed) == ["a.wav", "gone.flac", "loop.wav"]
