@@ -148,7 +148,8 @@ def read_rows(out: Path) -> pd.DataFrame:
     return duckdb.sql(f"SELECT id, codes FROM '{out}/shards/*.parquet' ORDER BY id").df()
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_path):
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_path, signal_number):
     for i in range(16):
         write_audio(tmp_path / f"in/{'music' if i % 2 else 'speech'}/f{i:02d}.wav",
                     "music" if i % 2 else "speech", 12, seed=i)
@@ -163,7 +164,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_p
             assert process.poll() is None and time.monotonic() < deadline, "job ended before it could be killed"
             time.sleep(0.02)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal_number)
         process.wait()
     assert not (killed / "manifest.json").exists()
     (killed / "shards/part-0123456789abcdef-000.parquet.tmp-deadbeef").write_bytes(b"half a shard")

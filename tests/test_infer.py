@@ -102,7 +102,8 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     pd.testing.assert_frame_equal(read_outputs(out)["predictions"], predictions)
 
 
-def test_interrupted_run_resumes(ray_local, model_dir, tmp_path):
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(ray_local, model_dir, tmp_path, signal_number):
     root = tmp_path / "files"
     paths = [write_audio(root / f"{index:02d}.wav", ("music", "speech")[index % 2], 6.0 + index, seed=index)
              for index in range(10)]
@@ -118,7 +119,7 @@ def test_interrupted_run_resumes(ray_local, model_dir, tmp_path):
         while not list(parts.glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal_number)
         process.wait()
     before = {path.name: path.stat().st_mtime_ns for path in parts.glob("*.parquet")}
     assert 1 <= len(before) < len(paths), "the job must be killed midway"
@@ -131,6 +132,10 @@ def test_interrupted_run_resumes(ray_local, model_dir, tmp_path):
     predictions = pq.read_table(out / "predictions.parquet").to_pandas()
     assert sorted(predictions["path"]) == sorted(map(str, paths))
     assert (predictions["status"] == "ok").all()
+    clean = tmp_path / "clean"
+    assert main(["infer", str(root), "--model", str(model_dir), "--out", str(clean), "--chunk-files", "1"]) == 0
+    for name, table in read_outputs(out).items():
+        pd.testing.assert_frame_equal(table, read_outputs(clean)[name], obj=name)
 
 
 def test_infer_refuses_other_features(ray_local, model_dir, archive, tmp_path, capsys):
