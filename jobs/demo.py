@@ -119,8 +119,8 @@ def write_report(out: Path, archive: list[tuple[Path, str]], with_default: bool,
                   "| file | truth | label | confidence | status |", "|---|---|---|---:|---|"]
         for row in table.sort_values("path").itertuples():
             confidence = "" if pd.isna(row.confidence) else f"{row.confidence:.2f}"
-            truth, label = (value if isinstance(value, str) else "-" for value in (row.truth, row.label))
-            lines.append(f"| {Path(row.path).name} | {truth} | {label} | {confidence} | "
+            known, label = (value if isinstance(value, str) else "-" for value in (row.truth, row.label))
+            lines.append(f"| {Path(row.path).name} | {known} | {label} | {confidence} | "
                          f"{row.status}{': ' + row.error if row.status != 'ok' else ''} |")
         lines.append("")
     lines += ["## Where the outputs lie", "",
