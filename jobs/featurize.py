@@ -488,16 +488,11 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``<path>.tmp-<random>`` and rename it to ``path``."""
-    import uuid
+    """Write ``data`` to ``path`` through :func:`msc_core.shards.atomic_output`."""
+    from msc_core.shards import atomic_output
 
-    from msc_core.shards import resolve_filesystem
-
-    filesystem, inner = resolve_filesystem(path)
-    temporary = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"
-    with filesystem.open_output_stream(temporary) as sink:
+    with atomic_output(path) as sink:
         sink.write(data)
-    filesystem.move(temporary, inner)
 
 
 def _write_errors(errors: list[dict[str, str]], path: str) -> None:
@@ -521,7 +516,7 @@ def _nested(counter: Counter) -> dict[str, dict[str, int]]:
 def _versions() -> dict[str, str]:
     import ray
 
-    from msc_core.shards import msc_version
+    from msc_core.config import msc_version
 
     versions = {"msc": msc_version(), "ray": ray.__version__, "python": platform.python_version()}
     for package in ("tensorflow-cpu", "tensorflow", "numpy", "librosa", "soxr", "soundfile", "pyarrow"):

@@ -35,10 +35,10 @@ missing file. Exit code: 0 every file labelled, 1 some files failed to decode.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -352,6 +352,7 @@ def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]
     import pyarrow.parquet as pq
 
     from msc_core.labelling import PREDICTIONS_SCHEMA, SEGMENTS_SCHEMA, WINDOWS_SCHEMA
+    from msc_core.shards import atomic_output
 
     counts = dict.fromkeys(("files", "ok", "errors", "music", "speech"), 0)
     schemas = {"predictions": PREDICTIONS_SCHEMA, "windows": WINDOWS_SCHEMA, "segments": SEGMENTS_SCHEMA}
@@ -359,26 +360,23 @@ def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]
         targets = [f"{root}/{kind}.parquet"] if "parquet" in formats or kind == "windows" else []
         if "csv" in formats and kind != "windows":
             targets.append(f"{root}/{kind}.csv")
-        temporaries = [f"{target}.tmp-{time.time_ns()}" for target in targets]
-        streams = [filesystem.open_output_stream(temporary) for temporary in temporaries]
-        writers = [pq.ParquetWriter(stream, schema, compression="zstd") if target.endswith(".parquet")
-                   else pacsv.CSVWriter(stream, schema) for stream, target in zip(streams, targets)]
-        try:
-            for chunk_id, _ in iter_manifest(filesystem, root):
-                table = pq.read_table(part_path(root, kind, chunk_id), filesystem=filesystem, schema=schema)
+        with contextlib.ExitStack() as outputs:  # every target appears only once all are complete
+            streams = [outputs.enter_context(atomic_output(target, filesystem=filesystem)) for target in targets]
+            writers = [pq.ParquetWriter(stream, schema, compression="zstd") if target.endswith(".parquet")
+                       else pacsv.CSVWriter(stream, schema) for stream, target in zip(streams, targets)]
+            try:
+                for chunk_id, _ in iter_manifest(filesystem, root):
+                    table = pq.read_table(part_path(root, kind, chunk_id), filesystem=filesystem, schema=schema)
+                    for writer in writers:
+                        writer.write_table(table)
+                    if kind == "predictions":
+                        counts["files"] += len(table)
+                        for label in ("music", "speech"):
+                            counts[label] += pc.sum(pc.equal(table["label"], label)).as_py() or 0
+                        counts["errors"] += pc.sum(pc.not_equal(table["status"], "ok")).as_py() or 0
+            finally:
                 for writer in writers:
-                    writer.write_table(table)
-                if kind == "predictions":
-                    counts["files"] += len(table)
-                    for label in ("music", "speech"):
-                        counts[label] += pc.sum(pc.equal(table["label"], label)).as_py() or 0
-                    counts["errors"] += pc.sum(pc.not_equal(table["status"], "ok")).as_py() or 0
-        finally:
-            for writer, stream in zip(writers, streams):
-                writer.close()
-                stream.close()
-        for temporary, target in zip(temporaries, targets):
-            filesystem.move(temporary, target)
+                    writer.close()
     counts["ok"] = counts["files"] - counts["errors"]
     return counts
 

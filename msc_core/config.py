@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from importlib import metadata as importlib_metadata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -168,6 +169,14 @@ class FeatureConfig:
                 f"feature config hash {stored_hash} does not match its fields ({config.hash})"
             )
         return config
+
+
+def msc_version() -> str:
+    """The installed msc version ("unknown" when run from a bare checkout)."""
+    try:
+        return importlib_metadata.version("msc")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
 
 
 PAPER = FeatureConfig()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import itertools
 import json
 import os
@@ -36,7 +35,7 @@ from typing import Any, Literal, Mapping
 import keras
 import numpy as np
 
-from .config import LABELS, PAPER, FeatureConfig, require_same_features
+from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_features
 from .depth import COLORMAP_SIZE, depth_tables
 from .errors import ModelLoadError
 
@@ -238,13 +237,6 @@ class MscModel:
 
 
 # ---------------------------------------------------------------------------------------- storing
-def _msc_version() -> str:
-    try:
-        return importlib.metadata.version("msc")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _weights_digest(model: keras.Model) -> str:
     """sha256 (hex) over the shapes and bytes of every weight, in model order."""
     digest = hashlib.sha256()
@@ -309,7 +301,7 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
         "widths": [layer.filters for layer in cnn.layers if isinstance(layer, keras.layers.Conv3D)],
         "dense": [layer.units for layer in cnn.layers if isinstance(layer, keras.layers.Dense)][:-1],
         "source": source,
-        "msc_version": _msc_version(),
+        "msc_version": msc_version(),
         "feature_hash": config.hash,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "extra": dict(extra or {}),

@@ -23,10 +23,10 @@ under its final name is complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
-from importlib import metadata as importlib_metadata
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -35,19 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import FeatureConfig
+from .config import FeatureConfig, msc_version
 from .errors import FeatureConfigMismatchError, InputError
 
 CONFIG_KEY = b"msc.feature_config"
 VERSION_KEY = b"msc.version"
-
-
-def msc_version() -> str:
-    """The installed msc version ("unknown" when run from a bare checkout)."""
-    try:
-        return importlib_metadata.version("msc")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def shard_schema(config: FeatureConfig) -> pa.Schema:
@@ -108,26 +100,20 @@ def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path)
 
 
-def write_atomic(table: pa.Table, path: str, *, filesystem: pafs.FileSystem | None = None,
-                 compression: str = "zstd", compression_level: int | None = 1, row_group_rows: int = 1024) -> None:
-    """Write ``table`` as Parquet to ``path`` so that the final name only ever holds a complete file.
+@contextlib.contextmanager
+def atomic_output(path: str, *, filesystem: pafs.FileSystem | None = None) -> Iterator[pa.NativeFile]:
+    """An output stream whose bytes appear under ``path`` only once it is complete.
 
-    Writes ``<path>.tmp-<random>`` first and renames it; on object stores,
-    whose uploads become visible only when complete, the move is a copy.
-    The ``codes`` column is written plain (no dictionary, no statistics): zstd
-    level 1 stores a window in about 22 KB for about 0.1 ms, against about
-    27 ms to featurize it. Row groups of ``row_group_rows`` windows (about 28 MB)
-    bound a reader's memory.
+    Writes ``<path>.tmp-<random>`` and renames it on success (on object stores,
+    whose uploads become visible only when complete, the move is a copy); on
+    any failure the temporary file is deleted and the error re-raised.
     """
     if filesystem is None:
         filesystem, path = resolve_filesystem(path)
     temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    small_columns = [name for name in table.column_names if name != "codes"]
     try:
         with filesystem.open_output_stream(temporary) as sink:
-            pq.write_table(table, sink, compression=compression, compression_level=compression_level,
-                           row_group_size=row_group_rows, use_dictionary=small_columns,
-                           write_statistics=small_columns)
+            yield sink
         filesystem.move(temporary, path)
     except BaseException:
         try:
@@ -135,6 +121,22 @@ def write_atomic(table: pa.Table, path: str, *, filesystem: pafs.FileSystem | No
         except OSError:
             pass
         raise
+
+
+def write_atomic(table: pa.Table, path: str, *, filesystem: pafs.FileSystem | None = None,
+                 compression: str = "zstd", compression_level: int | None = 1, row_group_rows: int = 1024) -> None:
+    """Write ``table`` as Parquet to ``path`` through :func:`atomic_output`.
+
+    The ``codes`` column is written plain (no dictionary, no statistics): zstd
+    level 1 stores a window in about 22 KB for about 0.1 ms, against about
+    27 ms to featurize it. Row groups of ``row_group_rows`` windows (about 28 MB)
+    bound a reader's memory.
+    """
+    small_columns = [name for name in table.column_names if name != "codes"]
+    with atomic_output(path, filesystem=filesystem) as sink:
+        pq.write_table(table, sink, compression=compression, compression_level=compression_level,
+                       row_group_size=row_group_rows, use_dictionary=small_columns,
+                       write_statistics=small_columns)
 
 
 def read_feature_config(path: str, *, filesystem: pafs.FileSystem | None = None) -> FeatureConfig:
