@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``msc models`` and its subcommands."""
@@ -18,6 +20,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     paper.add_argument("paper_dir", metavar="DIR", help="directory holding config.json and model.weights.h5")
     paper.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to create (must not exist)")
     paper.set_defaults(func=import_paper)
+    calibrate = actions.add_parser(
+        "calibrate", help="fit a confidence temperature on a held-out split and store it in the model",
+        description="Fit the temperature T that minimises the log loss of the model's raw outputs on the "
+                    "labelled windows of a held-out split (never the split it was trained on), and record it "
+                    "in MODEL_DIR/model.json; every later prediction is softmax(log p / T). Labels never "
+                    "change, only confidences. --temperature 1 removes it.")
+    calibrate.add_argument("model_dir", metavar="MODEL_DIR")
+    calibrate.add_argument("shards", metavar="SHARDS", nargs="?", help="featurized dataset holding the split")
+    calibrate.add_argument("--split", default="val", help="split to fit on (default val)")
+    calibrate.add_argument("--temperature", type=float, help="set T directly instead of fitting it")
+    calibrate.set_defaults(func=calibrate_model)
 
 
 def import_paper(args: argparse.Namespace) -> int:
@@ -31,4 +44,34 @@ def import_paper(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {args.out}: model {model.model_id} ({model.keras_model.count_params()} parameters, "
           f"features {model.config.hash})")
+    return 0
+
+
+def calibrate_model(args: argparse.Namespace) -> int:
+    """Run ``msc models calibrate``."""
+    from msc_core.evaluation import evaluate_shards, expected_calibration_error, fit_temperature, log_loss
+    from msc_core.labelling import load_model
+    from msc_core.model import apply_temperature, set_temperature
+    from msc_core.shards import list_shards
+
+    if args.temperature is not None:
+        set_temperature(args.model_dir, temperature=args.temperature, fitted_on={"set_by_hand": True})
+        print(f"{args.model_dir}: temperature {args.temperature:g}")
+        return 0
+    if not args.shards:
+        print("msc models calibrate: error: give SHARDS to fit on, or --temperature", file=sys.stderr)
+        return 2
+    raw = load_model(args.model_dir).uncalibrated()
+    held_out = evaluate_shards(raw, list_shards(args.shards), split=args.split)
+    temperature = fit_temperature(held_out.labels, held_out.p_music)
+    probs = np.stack([1.0 - held_out.p_music, held_out.p_music], axis=-1)
+    scaled = apply_temperature(probs, temperature)[:, 1]
+    before = {"log_loss": log_loss(held_out.labels, held_out.p_music),
+              "ece": expected_calibration_error(held_out.labels, held_out.p_music)}
+    after = {"log_loss": log_loss(held_out.labels, scaled), "ece": expected_calibration_error(held_out.labels, scaled)}
+    set_temperature(args.model_dir, temperature=temperature,
+                    fitted_on={"shards": str(args.shards), "split": args.split, "windows": int(len(scaled)),
+                               "before": before, "after": after})
+    print(f"{args.model_dir}: temperature {temperature:.4g} fitted on {len(scaled)} {args.split} windows; "
+          f"log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
     return 0

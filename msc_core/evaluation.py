@@ -6,7 +6,8 @@ windows, so memory stays small for large sets. :meth:`Evaluation.write`
 writes into a directory:
 
 - ``evaluation.json``: split, windows, accuracy, per-class precision/recall/F1/support,
-  confusion matrix, ROC-AUC (music as the positive class), model id;
+  confusion matrix, ROC-AUC (music as the positive class), log loss, expected
+  calibration error, model id;
 - ``confusion_matrix.json`` and ``confusion_matrix.png``: rows true, columns predicted, LABELS order;
 - ``misclassified.csv``: ``path, start_s, true, predicted, p_music``.
 
@@ -29,7 +30,7 @@ from scipy.stats import rankdata
 
 from .config import LABELS
 from .errors import InputError
-from .model import MscModel
+from .model import MscModel, apply_temperature
 from .shards import codes_from_arrow, iter_batches
 
 EVALUATION_FILE = "evaluation.json"
@@ -59,6 +60,48 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(scores)
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, p_music: np.ndarray, *, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood (nats) of the true classes; probabilities clipped to [eps, 1 - eps]."""
+    p_true = np.where(np.asarray(labels) == LABELS.index("music"), p_music, 1.0 - np.asarray(p_music, np.float64))
+    return float(-np.mean(np.log(np.clip(p_true, eps, 1.0 - eps))))
+
+
+def expected_calibration_error(labels: np.ndarray, p_music: np.ndarray, *, bins: int = 10) -> float:
+    """ECE: the window-weighted mean |accuracy - confidence| over ``bins`` equal-width confidence bins.
+
+    Confidence is the probability of the predicted class (0.5-1).
+    """
+    p_music = np.asarray(p_music, np.float64)
+    predicted = (p_music > 0.5).astype(np.int64)
+    confidence = np.where(predicted == 1, p_music, 1.0 - p_music)
+    correct = (predicted == np.asarray(labels)).astype(np.float64)
+    which = np.minimum(((confidence - 0.5) * 2 * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for index in range(bins):
+        members = which == index
+        if members.any():
+            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total / max(len(p_music), 1))
+
+
+def fit_temperature(labels: np.ndarray, p_music: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T (within ``bounds``) that minimises the log loss of ``p_music`` on ``labels``.
+
+    Fit it on a held-out split the model was not trained on; it changes
+    confidences, never the predicted class.
+    """
+    from scipy.optimize import minimize_scalar
+
+    probs = np.stack([1.0 - np.asarray(p_music, np.float64), np.asarray(p_music, np.float64)], axis=-1)
+    music = LABELS.index("music")
+
+    def loss(log_t: float) -> float:
+        return log_loss(labels, apply_temperature(probs, float(np.exp(log_t)))[:, music])
+
+    best = minimize_scalar(loss, bounds=tuple(np.log(bounds)), method="bounded")
+    return float(np.exp(best.x))
 
 
 @dataclass(frozen=True)
@@ -104,7 +147,8 @@ class Evaluation:
                 "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)), "per_class": per_class,
                 "confusion_matrix": {"labels": list(LABELS), "rows": "true", "columns": "predicted",
                                      "counts": matrix.tolist()},
-                "roc_auc": None if np.isnan(auc) else auc}
+                "roc_auc": None if np.isnan(auc) else auc, "log_loss": log_loss(self.labels, self.p_music),
+                "ece": expected_calibration_error(self.labels, self.p_music)}
 
     def write(self, out_dir: str | os.PathLike) -> dict:
         """Write the evaluation files (module docstring) into ``out_dir``; return :meth:`summary`."""

@@ -233,7 +233,28 @@ class MscModel:
                              f"got {codes.dtype} {codes.shape}")
         chunks = [self._forward(codes[start:start + batch_size]).numpy()
                   for start in range(0, len(codes), batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), np.float32)
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), np.float32)
+        return probs if self.temperature == 1.0 else apply_temperature(probs, self.temperature)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature applied to every output (1.0: uncalibrated); see :func:`set_temperature`."""
+        return float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
+
+    def uncalibrated(self) -> "MscModel":
+        """The same model without its calibration temperature."""
+        return MscModel(self.keras_model, self.config, {**self.metadata, "calibration": None})
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities softmax(log(probs) / T) along the last axis: float32 (..., C).
+
+    T > 1 softens, T < 1 sharpens; the most probable class never changes.
+    """
+    logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-30)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- storing
@@ -318,6 +339,28 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return MscModel(model, config, metadata)
+
+
+def set_temperature(path: str | os.PathLike, *, temperature: float, fitted_on: Mapping[str, Any]) -> None:
+    """Record a calibration temperature in an msc model directory's ``model.json`` (atomically).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The model directory.
+    temperature : float
+        From :func:`msc_core.evaluation.fit_temperature`; 1.0 removes calibration.
+    fitted_on : Mapping
+        JSON-ready facts on the held-out data it was fitted on (shards, split, windows...).
+    """
+    if not temperature > 0:
+        raise ValueError(f"a temperature must be positive, not {temperature}")
+    metadata_path = Path(path) / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text())
+    metadata["calibration"] = {"temperature": float(temperature), "fitted_on": dict(fitted_on)}
+    staging = metadata_path.with_name(f".{METADATA_FILE}.tmp")
+    staging.write_text(json.dumps(metadata, indent=1))
+    os.replace(staging, metadata_path)
 
 
 def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | None = None) -> MscModel:

@@ -1,0 +1,63 @@
+"""Confidence calibration: metrics, temperature fitting, and a temperature stored in a model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jobs.cli import main
+from msc_core.config import PAPER
+from msc_core.depth import featurize
+from msc_core import synth
+from msc_core.evaluation import expected_calibration_error, fit_temperature, log_loss
+from msc_core.model import apply_temperature, load_model_dir, set_temperature
+
+
+def _overconfident(temperature: float, size: int = 4000):
+    """Labels and p_music of a calibrated source, then sharpened by 1/temperature."""
+    rng = np.random.default_rng(0)
+    p_true = rng.uniform(0.05, 0.95, size)
+    labels = (rng.uniform(size=size) < p_true).astype(np.int64)
+    probs = np.stack([1 - p_true, p_true], axis=-1)
+    return labels, apply_temperature(probs, temperature)[:, 1]
+
+
+def test_fit_temperature_undoes_a_known_sharpening():
+    labels, p_music = _overconfident(0.5)
+    fitted = fit_temperature(labels, p_music)
+    assert fitted == pytest.approx(2.0, rel=0.15)
+    repaired = apply_temperature(np.stack([1 - p_music, p_music], axis=-1), fitted)[:, 1]
+    assert expected_calibration_error(labels, repaired) < expected_calibration_error(labels, p_music) / 2
+    assert log_loss(labels, repaired) < log_loss(labels, p_music)
+    np.testing.assert_array_equal(repaired > 0.5, p_music > 0.5)
+
+
+def test_metrics_on_perfect_and_wrong_answers():
+    labels = np.array([0, 1, 1, 0])
+    assert expected_calibration_error(labels, np.array([0.0, 1.0, 1.0, 0.0])) == 0.0
+    assert expected_calibration_error(labels, np.array([1.0, 0.0, 0.0, 1.0])) == 1.0
+    assert log_loss(labels, np.array([0.5] * 4)) == pytest.approx(np.log(2))
+
+
+def test_temperature_in_a_model_directory_changes_confidences_not_labels(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    rate = PAPER.sample_rate
+    clips = [synth.music_like(5.0, sample_rate=rate, seed=9), synth.speech_like(5.0, sample_rate=rate, seed=9)]
+    codes = featurize(np.stack([clip[: PAPER.window_samples] for clip in clips]), PAPER)
+    raw = load_model_dir(copy).predict_codes(codes)
+    set_temperature(copy, temperature=3.0, fitted_on={"note": "test"})
+    model = load_model_dir(copy)
+    assert model.temperature == 3.0 and model.uncalibrated().temperature == 1.0
+    soft = model.predict_codes(codes)
+    np.testing.assert_allclose(soft, apply_temperature(raw, 3.0), rtol=1e-5)
+    np.testing.assert_array_equal(soft.argmax(-1), raw.argmax(-1))
+    assert np.all(np.abs(soft[:, 1] - 0.5) <= np.abs(raw[:, 1] - 0.5) + 1e-6)
+    assert json.loads((copy / "model.json").read_text())["calibration"]["fitted_on"] == {"note": "test"}
+    assert main(["models", "calibrate", str(copy), "--temperature", "1"]) == 0
+    np.testing.assert_allclose(load_model_dir(copy).predict_codes(codes), raw, rtol=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        set_temperature(copy, temperature=0.0, fitted_on={})
