@@ -19,11 +19,13 @@ Everything below is measured in the run; nothing is copied from elsewhere.
    windows. Each window's audio is decoded from its source file with
    :func:`msc_core.audio.read_windows` and the shards' feature config, and matched
    to its shard row by ``start_s``.
-3. **Bandwidth probes** (the corpus pairs telephone-band speech with wideband music):
+3. **Probes** (the corpus pairs telephone-band speech with wideband music):
 
    - the split's music windows low-passed to 4 kHz (soxr to 8 kHz and back, a
-     telephone simulation), re-featurized with :func:`msc_core.depth.featurize`:
-     music recall;
+     telephone simulation, :func:`msc_core.augment.band_limit`), re-featurized
+     with :func:`msc_core.depth.featurize`: music recall;
+   - the split's music and speech windows with white noise at 10 dB SNR
+     (:func:`msc_core.augment.add_noise`, seeded): recall of each class;
    - synthetic wideband speech from espeak-ng (generated audio, formant TTS, not
      a recording; several languages and voices, 22,050 Hz, 5-s windows): speech
      recall; also the same TTS low-passed to 4 kHz;
@@ -32,6 +34,8 @@ Everything below is measured in the run; nothing is copied from elsewhere.
 
    Each probe line gives its number of windows and the median share of signal
    power above 4 kHz, which shows what band the audio really has.
+4. **Calibration**: log loss and expected calibration error (10 bins) of every
+   model on the split, beside accuracy.
 
 Outputs: a Markdown report on stdout (also ``OUT/model_card_eval.md``),
 ``OUT/model_card_eval.json`` with every number, ``OUT/<split>_<name>/`` with
@@ -54,6 +58,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,14 +72,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from msc_core.audio import read_windows  # noqa: E402
+from msc_core.augment import add_noise, apply_gain, band_limit  # noqa: E402
 from msc_core.config import LABELS, FeatureConfig, require_same_features  # noqa: E402
 from msc_core.depth import featurize  # noqa: E402
 from msc_core.evaluation import Evaluation  # noqa: E402
 from msc_core.shards import codes_from_arrow, iter_batches, list_shards, read_feature_config  # noqa: E402
 
 MUSIC, SPEECH = LABELS.index("music"), LABELS.index("speech")
-TELEPHONE_RATE = 8000          # Hz; resampling there and back keeps only 0-4 kHz
-CUTOFF_HZ = 4000.0             # band edge used to describe each set
+CUTOFF_HZ = 4000.0             # Hz: telephone band edge, for the low-pass probes and to describe each set
+NOISE_SNR_DB = 10.0            # white-noise probes
+GAIN_CHECK_DB = -30.0          # level change whose effect on the codes is measured
 N_MFCC = 20
 TTS_NOISE_DBFS = -70.0         # white-noise floor added to the TTS (espeak pauses are digital zeros)
 BASELINE_NAME = "mfcc_logreg"
@@ -240,13 +247,35 @@ def mfcc_stats(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def telephone_lowpass(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Each window resampled to 8 kHz and back with soxr (HQ): nothing above 4 kHz, same length."""
-    out = np.zeros_like(samples, dtype=np.float32)
-    for row, window in enumerate(np.asarray(samples, np.float32)):
-        narrow = soxr.resample(window, sample_rate, TELEPHONE_RATE, quality="HQ")
-        back = soxr.resample(narrow, TELEPHONE_RATE, sample_rate, quality="HQ")[: window.shape[0]]
-        out[row, : len(back)] = back
-    return out
+    """Each window (B, N) with nothing above :data:`CUTOFF_HZ` (:func:`msc_core.augment.band_limit`)."""
+    return np.stack([band_limit(window, sample_rate, cutoff_hz=CUTOFF_HZ) for window in samples])
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A transformed copy of the split's windows of one class.
+
+    ``transform`` maps windows float32 (B, N) to (B, N).
+    """
+
+    name: str
+    label: str
+    description: str
+    transform: Callable[[np.ndarray], np.ndarray]
+
+
+def split_probes(sample_rate: int) -> list[Probe]:
+    """The probes built from the split's own windows (module docstring, item 3)."""
+    rng = np.random.default_rng(0)
+
+    def noisy(samples: np.ndarray) -> np.ndarray:
+        return np.stack([add_noise(window, snr_db=NOISE_SNR_DB, rng=rng) for window in samples])
+
+    return [Probe("music_lp4k", "music", f"the same real music low-passed to {CUTOFF_HZ / 1000:g} kHz "
+                  "(soxr 22.05 -> 8 -> 22.05 kHz)", lambda samples: telephone_lowpass(samples, sample_rate)),
+            Probe("music_noise10", "music", f"the same real music with white noise at {NOISE_SNR_DB:g} dB SNR", noisy),
+            Probe("speech_noise10", "speech", f"the same real speech with white noise at {NOISE_SNR_DB:g} dB SNR",
+                  noisy)]
 
 
 def power_share_above(samples: np.ndarray, sample_rate: int, cutoff_hz: float = CUTOFF_HZ) -> np.ndarray:
@@ -266,31 +295,32 @@ class SplitAudio:
     hf_share: np.ndarray
     mfcc_seconds: float
     featurize_windows_per_s: float | None
-    lowpassed: AudioSet | None
+    probes: dict[str, AudioSet]
     codes_check: dict
 
 
-def scan_split_audio(rows: pd.DataFrame, config: FeatureConfig, *, lowpass_label: str | None = None,
+def scan_split_audio(rows: pd.DataFrame, config: FeatureConfig, *, probes: Sequence[Probe] = (),
                      codes: np.ndarray | None = None, check_windows: int = 16) -> SplitAudio:
-    """Decode the windows of ``rows`` file by file: baseline features, band share, optional low-passed probe.
+    """Decode the windows of ``rows`` file by file: baseline features, band share, the probes.
 
     Parameters
     ----------
     rows : DataFrame from :func:`split_rows`
     config : FeatureConfig
-    lowpass_label : str or None
-        Also build the telephone-simulation probe from windows of this class.
+    probes : sequence of Probe
+        Transformed copies to build (featurized, with baseline features).
     codes : np.ndarray or None
         The shards' codes of ``rows``; the first ``check_windows`` decoded
         windows are re-featurized and compared with them (a check that the
-        audio matched to each row is the audio the shards hold).
+        audio matched to each row is the audio the shards hold), and again
+        at :data:`GAIN_CHECK_DB` (how much a level change moves the codes).
     """
     rate = config.sample_rate
     mfcc = np.zeros((len(rows), 4 * N_MFCC), np.float32)
     hf = np.full(len(rows), np.nan)
     mfcc_seconds = featurize_seconds = 0.0
-    low = {"index": [], "codes": [], "mfcc": [], "hf": []}
-    checked, equal_pixels = 0, 0
+    built = {probe.name: {"index": [], "codes": [], "mfcc": [], "hf": []} for probe in probes}
+    checked, equal_pixels, equal_after_gain = 0, 0, 0
     done = 0
     for indices, samples in file_windows(rows, config):
         started = time.perf_counter()
@@ -300,32 +330,39 @@ def scan_split_audio(rows: pd.DataFrame, config: FeatureConfig, *, lowpass_label
         if codes is not None and checked < check_windows:
             take = slice(0, check_windows - checked)
             equal_pixels += int(np.sum(featurize(samples[take], config) == codes[indices[take]]))
+            quieter = np.stack([apply_gain(window, gain_db=GAIN_CHECK_DB) for window in samples[take]])
+            equal_after_gain += int(np.sum(featurize(quieter, config) == codes[indices[take]]))
             checked += len(indices[take])
-        if lowpass_label is not None:
-            mask = (rows.loc[indices, "label"] == lowpass_label).to_numpy()
+        for probe in probes:
+            mask = (rows.loc[indices, "label"] == probe.label).to_numpy()
             if mask.any():
-                narrow = telephone_lowpass(samples[mask], rate)
-                low["index"].append(indices[mask])
+                changed = probe.transform(samples[mask])
+                parts = built[probe.name]
+                parts["index"].append(indices[mask])
                 started = time.perf_counter()
-                low["codes"].append(featurize(narrow, config))
+                parts["codes"].append(featurize(changed, config))
                 featurize_seconds += time.perf_counter() - started
-                low["mfcc"].append(mfcc_stats(narrow, rate))
-                low["hf"].append(power_share_above(narrow, rate))
+                parts["mfcc"].append(mfcc_stats(changed, rate))
+                parts["hf"].append(power_share_above(changed, rate))
         done += len(indices)
         if done % 500 < len(indices):
             log(f"  decoded {done}/{len(rows)} windows")
-    lowpassed = None
-    if low["index"]:
-        order = np.concatenate(low["index"])
-        label = LABELS.index(lowpass_label)
-        lowpassed = AudioSet(
-            name=f"{lowpass_label}_lp4k", description="", labels=np.full(len(order), label, np.int64),
-            codes=np.concatenate(low["codes"]), mfcc=np.concatenate(low["mfcc"]), hf_share=np.concatenate(low["hf"]),
-            paths=rows.loc[order, "path"].tolist(), start_s=rows.loc[order, "start_s"].tolist())
+    sets = {}
+    for probe in probes:
+        parts = built[probe.name]
+        if parts["index"]:
+            order = np.concatenate(parts["index"])
+            sets[probe.name] = AudioSet(
+                name=probe.name, description=probe.description,
+                labels=np.full(len(order), LABELS.index(probe.label), np.int64), codes=np.concatenate(parts["codes"]),
+                mfcc=np.concatenate(parts["mfcc"]), hf_share=np.concatenate(parts["hf"]),
+                paths=rows.loc[order, "path"].tolist(), start_s=rows.loc[order, "start_s"].tolist())
     pixels = checked * config.n_mels * config.frames
-    check = {"windows": checked, "identical_pixel_share": equal_pixels / pixels if pixels else None}
-    speed = len(lowpassed.labels) / featurize_seconds if lowpassed is not None and featurize_seconds else None
-    return SplitAudio(mfcc, hf, mfcc_seconds, speed, lowpassed, check)
+    check = {"windows": checked, "identical_pixel_share": equal_pixels / pixels if pixels else None,
+             "gain_db": GAIN_CHECK_DB, "identical_pixel_share_after_gain": equal_after_gain / pixels if pixels else None}
+    featurized = sum(len(audio.labels) for audio in sets.values())
+    speed = featurized / featurize_seconds if featurized and featurize_seconds else None
+    return SplitAudio(mfcc, hf, mfcc_seconds, speed, sets, check)
 
 
 # ---------------------------------------------------------------------------------------- synthetic speech
@@ -478,22 +515,23 @@ def markdown(result: dict) -> str:
               f"{cpu['load_average_1_5_15']} at start. **The machine was shared** with other jobs, so windows/s "
               "are lower bounds; `cpu/wall` is the cores this process actually got while timing.", ""]
     lines += [f"### `{split}` split: {sets['split']['description']}", "",
-              "| model | windows | accuracy | music P / R / F1 | speech P / R / F1 | ROC-AUC | confusion "
-              "[[s→s, s→m], [m→s, m→m]] | windows/s (cpu/wall) |",
-              "|---|---:|---:|---|---|---:|---|---:|"]
+              "| model | windows | accuracy | music P / R / F1 | speech P / R / F1 | ROC-AUC | log loss | ECE "
+              "| confusion [[s→s, s→m], [m→s, m→m]] | windows/s (cpu/wall) |",
+              "|---|---:|---:|---|---|---:|---:|---:|---|---:|"]
     for name, entry in result["models"].items():
         summary = entry["split"]
         per = summary["per_class"]
         pr = {label: " / ".join(_f(per[label][k]) for k in ("precision", "recall", "f1")) for label in LABELS}
         speed = entry["speed"]
         lines.append(f"| {name} | {summary['windows']} | {_f(summary['accuracy'])} | {pr['music']} | {pr['speech']} "
-                     f"| {_f(summary['roc_auc'])} | {summary['confusion_matrix']['counts']} "
+                     f"| {_f(summary['roc_auc'])} | {_f(summary['log_loss'], 4)} | {_f(summary['ece'], 4)} "
+                     f"| {summary['confusion_matrix']['counts']} "
                      f"| {speed['windows_per_s']:.1f} ({speed['process_cpu_s_per_wall_s']}) |")
     featurizer = result["featurize_windows_per_s"]
     lines += ["", "windows/s: msc models = `MscModel.predict_codes` on compact codes (featurizing excluded; "
               f"msc's depth featurizer ran at {_f(featurizer, 1)} windows/s here, one process); "
               f"{BASELINE_NAME} = MFCC statistics from decoded audio + logistic regression (decoding excluded).",
-              "", "### Bandwidth probes: recall of the true class", "",
+              "", "### Probes (bandwidth, noise): recall of the true class", "",
               "| audio | true class | windows | power > 4 kHz | " + " | ".join(result["models"]) + " |",
               "|---|---|---:|---:|" + "---:|" * len(result["models"])]
     for name, facts in sets.items():
@@ -511,7 +549,9 @@ def markdown(result: dict) -> str:
     if result.get("codes_check"):
         check = result["codes_check"]
         lines += ["", f"Check: {check['windows']} decoded windows re-featurized match the shard codes on "
-                      f"{100 * check['identical_pixel_share']:.2f} % of pixels."]
+                      f"{100 * check['identical_pixel_share']:.2f} % of pixels; the same windows at "
+                      f"{check['gain_db']:g} dB gain give the same codes on "
+                      f"{100 * check['identical_pixel_share_after_gain']:.2f} % of pixels."]
     return "\n".join(lines)
 
 
@@ -558,7 +598,7 @@ def main(argv: list[str] | None = None) -> dict:
     codes = split_codes(shards, config, args.split, rows)
     labels = np.array([LABELS.index(label) for label in rows["label"]], np.int64)
     log(f"{args.split}: {len(rows)} windows; decoding their audio")
-    scanned = scan_split_audio(rows, config, lowpass_label="music", codes=codes)
+    scanned = scan_split_audio(rows, config, probes=split_probes(config.sample_rate), codes=codes)
     split_set = AudioSet("split", f"real recordings, held-out `{args.split}` sources, as featurized in the shards",
                          labels, codes, scanned.mfcc, scanned.hf_share, rows["path"].tolist(),
                          rows["start_s"].tolist())
@@ -569,9 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
         sets[f"{label}_real"] = AudioSet(f"{label}_real", what, labels[mask], codes[mask], scanned.mfcc[mask],
                                          scanned.hf_share[mask], [p for p, m in zip(split_set.paths, mask) if m],
                                          [s for s, m in zip(split_set.start_s, mask) if m])
-    if scanned.lowpassed is not None:
-        scanned.lowpassed.description = "the same real music low-passed to 4 kHz (soxr 22.05 -> 8 -> 22.05 kHz)"
-        sets["music_lp4k"] = scanned.lowpassed
+    sets.update(scanned.probes)
 
     # 2. synthetic wideband speech
     tts_paths, tts_skipped = synthesize_tts(out / "tts", config.sample_rate)
