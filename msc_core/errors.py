@@ -27,6 +27,9 @@ class AudioDecodeError(MscError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
 
 class FeatureConfigMismatchError(MscError):
     """Features made with one config were offered to something built for another."""
@@ -38,3 +41,19 @@ class ModelLoadError(MscError):
 
 class InputError(MscError):
     """A source list, manifest or dataset layout the jobs cannot use as given."""
+
+
+class ChildProcessFailed(MscError):
+    """Work sent to a supervised child process overran its deadline (the child was killed) or the child died.
+
+    Parameters
+    ----------
+    message : str
+        What happened, e.g. ``"took longer than 900 s; killed"``.
+    timed_out : bool
+        True for an overrun, False for a child that died by itself.
+    """
+
+    def __init__(self, message: str, *, timed_out: bool):
+        super().__init__(message)
+        self.timed_out = timed_out

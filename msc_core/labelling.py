@@ -20,6 +20,15 @@ How a file is labelled
 A file that cannot be decoded gives a :class:`FileLabel` with
 ``status="error"`` and the decoder's reason in ``error`` (no exception).
 
+A file with more windows than ``DecodeLimits.max_windows`` is labelled from its
+first ``max_windows`` windows only: its row says ``truncated=True`` and
+``truncated_at_s``, the end of the last window taken, and its segments stop there.
+
+With ``child=`` (a :class:`~msc_core.isolation.ChildProcess`), decoding and
+featurizing run in that supervised process, which is killed when a file takes
+longer than ``DecodeLimits.max_decode_s``: the file gets the error
+``decoding took longer than N s; killed``, even when the decoder hung inside one call.
+
 Example
 -------
 >>> from msc_core.labelling import load_model, label_file
@@ -37,21 +46,23 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from .audio import AudioStream
+from .audio import AudioStream, DecodeLimits
 from .config import LABELS, PAPER, FeatureConfig
 from .depth import featurize
-from .errors import AudioDecodeError, ModelLoadError
+from .errors import AudioDecodeError, ChildProcessFailed, ModelLoadError
 
 if TYPE_CHECKING:
+    from .isolation import ChildProcess
     from .model import MscModel
 
 SPEECH, MUSIC = LABELS.index("speech"), LABELS.index("music")
@@ -63,8 +74,15 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("p_speech", pa.float64()), ("duration_s", pa.float64()), ("windows", pa.int32()),
     ("music_fraction", pa.float64()), ("speech_fraction", pa.float64()), ("model_id", pa.string()),
     ("feature_hash", pa.string()), ("status", pa.string()), ("error", pa.string()),
+    ("truncated", pa.bool_()), ("truncated_at_s", pa.float64()),
 ])
-"""``predictions.parquet``: one row per input file (label and numbers null when ``status="error"``)."""
+"""``predictions.parquet``: one row per input file (label and numbers null when ``status="error"``).
+
+``truncated`` is True when ``DecodeLimits.max_windows`` cut the file: only its
+first ``windows`` windows, up to ``truncated_at_s`` seconds, were labelled
+(``truncated_at_s`` is null otherwise). Both columns were added last, so rows
+written before them read back with nulls there.
+"""
 
 WINDOWS_SCHEMA = pa.schema([
     ("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("p_music", pa.float64()),
@@ -112,8 +130,13 @@ class FileFeatures:
     codes : np.ndarray, uint8, shape (W, n_mels, frames)
         Compact depth-layer codes (:func:`msc_core.depth.featurize`).
     duration_s : float
-        Length of the file (s): decoded, or as declared when ``window="first"``
-        stopped decoding early.
+        Length of the file (s): decoded, or as declared when decoding stopped
+        early (``window="first"``, or a file cut by ``max_windows``).
+    sample_rate, channels : int
+        The file's own rate (Hz) and channel count.
+    truncated_at_s : float or None
+        When ``DecodeLimits.max_windows`` cut the file: the end of the last
+        window taken (s); None otherwise.
     """
 
     path: str
@@ -121,6 +144,16 @@ class FileFeatures:
     end_s: np.ndarray
     codes: np.ndarray
     duration_s: float
+    sample_rate: int
+    channels: int
+    truncated_at_s: float | None = None
+
+    @classmethod
+    def join(cls, parts: Sequence["FileFeatures"]) -> "FileFeatures":
+        """One file's features from the parts :func:`iter_features` yields (all but the windows from the last)."""
+        return dataclasses.replace(parts[-1], start_s=np.concatenate([part.start_s for part in parts]),
+                                   end_s=np.concatenate([part.end_s for part in parts]),
+                                   codes=np.concatenate([part.codes for part in parts]))
 
 
 @dataclass(frozen=True)
@@ -130,9 +163,9 @@ class FileLabel:
     Attributes
     ----------
     path, label, confidence, p_music, p_speech, duration_s, windows, music_fraction,
-    speech_fraction, model_id, feature_hash, status, error
+    speech_fraction, model_id, feature_hash, status, error, truncated, truncated_at_s
         The row's fields (:data:`PREDICTIONS_SCHEMA`); with ``status="error"``
-        the numbers and label are None, ``windows`` is 0 and ``error`` says why.
+        the numbers, label and ``truncated`` are None, ``windows`` is 0 and ``error`` says why.
     window_start_s, window_end_s, window_p_music : np.ndarray, float64, shape (windows,)
         Per-window start, end of real audio (s) and music probability.
     segments : tuple of Segment
@@ -152,6 +185,8 @@ class FileLabel:
     feature_hash: str
     status: Literal["ok", "error"]
     error: str | None
+    truncated: bool | None = None
+    truncated_at_s: float | None = None
     window_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     window_end_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     window_p_music: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -198,7 +233,7 @@ def segments_of(start_s: np.ndarray, probs: np.ndarray, duration_s: float) -> tu
 
 
 def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: float, probs: np.ndarray,
-              model_id: str, feature_hash: str) -> FileLabel:
+              model_id: str, feature_hash: str, truncated_at_s: float | None = None) -> FileLabel:
     """One file's label from its windows' probabilities (mean, argmax, max; see the module docstring).
 
     Parameters
@@ -212,6 +247,8 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         [speech, music] probabilities of each window.
     model_id, feature_hash : str
         Recorded in the row.
+    truncated_at_s : float or None
+        Where the windows of a file cut by ``max_windows`` end (s); its segments stop there.
     """
     probs = np.asarray(probs, np.float64)
     mean = probs.mean(axis=0)
@@ -221,9 +258,10 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         path=path, label=LABELS[winner], confidence=float(mean[winner]), p_music=float(mean[MUSIC]),
         p_speech=float(mean[SPEECH]), duration_s=float(duration_s), windows=len(probs),
         music_fraction=music_fraction, speech_fraction=1.0 - music_fraction, model_id=model_id,
-        feature_hash=feature_hash, status="ok", error=None, window_start_s=np.asarray(start_s, np.float64),
+        feature_hash=feature_hash, status="ok", error=None, truncated=truncated_at_s is not None,
+        truncated_at_s=truncated_at_s, window_start_s=np.asarray(start_s, np.float64),
         window_end_s=np.asarray(end_s, np.float64), window_p_music=probs[:, MUSIC],
-        segments=segments_of(start_s, probs, duration_s))
+        segments=segments_of(start_s, probs, duration_s if truncated_at_s is None else truncated_at_s))
 
 
 def label_tables(labels: Iterable[FileLabel]) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -247,11 +285,48 @@ def window_config(window: Literal["first", "all"] = "all", hop_s: float | None =
     return PAPER.with_window(mode=window, hop_seconds=hop_s)
 
 
+def iter_features(source: str | os.PathLike | io.BufferedIOBase, config: FeatureConfig = PAPER, *,
+                  name: str | None = None, batch_windows: int = 16,
+                  limits: DecodeLimits = DecodeLimits()) -> Iterator[FileFeatures]:
+    """One file's features in parts: one per batch of windows, then one with no windows and the final fields.
+
+    :meth:`FileFeatures.join` of the parts is :func:`featurize_file`'s result;
+    the parts let a child process stream a file's codes back batch by batch.
+    Parameters as in :func:`featurize_file`.
+    """
+    with AudioStream.open(source, name=name, limits=limits) as stream:
+        rate, channels, last_end = stream.info.sample_rate, stream.info.channels, 0.0
+        for batch in stream.windows(config, batch_windows=batch_windows):
+            end_s = batch.start_s + batch.audio_s
+            last_end = float(end_s[-1])
+            yield FileFeatures(stream.path, batch.start_s, end_s, featurize(batch.samples, config), stream.decoded_s,
+                               rate, channels)
+        duration = stream.decoded_s
+        if (config.window.mode == "first" or stream.truncated) and stream.info.duration_s:
+            duration = max(duration, stream.info.duration_s)
+        yield FileFeatures(stream.path, np.zeros(0), np.zeros(0), np.zeros((0, *config.encoded_shape), np.uint8),
+                           duration, rate, channels, truncated_at_s=last_end if stream.truncated else None)
+
+
+def warm_up() -> None:
+    """Import and cache what featurizing needs (decoders, librosa's lazy modules, the mel basis).
+
+    A :class:`~msc_core.isolation.ChildProcess` runs it on start
+    (``ChildProcess(warm_up=warm_up)``), so that its first file is as fast as the next.
+    """
+    import av  # noqa: F401 (imported on first use otherwise)
+    import soundfile  # noqa: F401
+
+    featurize(np.zeros((1, PAPER.window_samples), np.float32), PAPER)
+
+
 def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: FeatureConfig = PAPER, *,
-                   name: str | None = None, batch_windows: int = 16) -> FileFeatures:
+                   name: str | None = None, batch_windows: int = 16, limits: DecodeLimits = DecodeLimits(),
+                   child: "ChildProcess | None" = None) -> FileFeatures:
     """Decode one file, cut it into windows under ``config.window`` and featurize them.
 
-    Memory holds the file's codes (27,520 bytes per window) plus one decode block.
+    Memory holds the file's codes (27,520 bytes per window) plus one decode
+    block; with ``child``, the child holds the block and one batch of codes.
 
     Parameters
     ----------
@@ -263,23 +338,27 @@ def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: Featur
         Name used in errors and ``FileFeatures.path`` (default: the source's).
     batch_windows : int
         Windows featurized together.
+    limits : DecodeLimits
+        Bounds on the file; ``max_decode_s`` is the hard bound with ``child``.
+    child : ChildProcess or None
+        Run the work in this supervised child (``source`` must then pickle:
+        a path or URI), killed when the file overruns ``limits.max_decode_s``.
 
     Raises
     ------
     AudioDecodeError
-        The file cannot be decoded.
+        The file cannot be decoded, or with ``child``: it overran (``decoding
+        took longer than N s; killed``) or the child died.
     """
-    starts, ends, codes = [], [], []
-    with AudioStream.open(source, name=name) as stream:
-        for batch in stream.windows(config, batch_windows=batch_windows):
-            starts.append(batch.start_s)
-            ends.append(batch.start_s + batch.audio_s)
-            codes.append(featurize(batch.samples, config))
-        duration = stream.decoded_s
-        if config.window.mode == "first" and stream.info.duration_s:
-            duration = max(duration, stream.info.duration_s)
-        path = stream.path
-    return FileFeatures(path, np.concatenate(starts), np.concatenate(ends), np.concatenate(codes), duration)
+    options = {"name": name, "batch_windows": batch_windows, "limits": limits}
+    if child is None:
+        parts = iter_features(source, config, **options)
+    else:
+        parts = child.stream(iter_features, source, config, timeout_s=limits.max_decode_s, **options)
+    try:
+        return FileFeatures.join(list(parts))
+    except ChildProcessFailed as error:
+        raise AudioDecodeError(name or str(source), f"decoding {error}") from error
 
 
 # ---------------------------------------------------------------------------------------- API
@@ -313,11 +392,13 @@ def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int
     """Run ``model`` on a file's featurized windows and :func:`aggregate` them."""
     probs = model.predict_codes(features.codes, batch_size=batch_size)
     return aggregate(features.path, start_s=features.start_s, end_s=features.end_s, duration_s=features.duration_s,
-                     probs=probs, model_id=model.model_id, feature_hash=model.config.hash)
+                     probs=probs, model_id=model.model_id, feature_hash=model.config.hash,
+                     truncated_at_s=features.truncated_at_s)
 
 
 def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal["first", "all"] = "all",
-               hop_s: float | None = None, batch_size: int = 32) -> FileLabel:
+               hop_s: float | None = None, batch_size: int = 32, limits: DecodeLimits = DecodeLimits(),
+               child: "ChildProcess | None" = None) -> FileLabel:
     """Label one audio file (what ``msc predict`` prints and ``msc infer`` writes for it).
 
     Parameters
@@ -332,6 +413,8 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
         Seconds between window starts with ``window="all"`` (default: 5, back to back).
     batch_size : int
         Windows per forward pass.
+    limits, child
+        As in :func:`featurize_file`.
 
     Returns
     -------
@@ -339,7 +422,7 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
         ``status="error"`` with the reason when the file cannot be decoded.
     """
     try:
-        features = featurize_file(source, window_config(window, hop_s))
+        features = featurize_file(source, window_config(window, hop_s), limits=limits, child=child)
     except AudioDecodeError as error:
         return FileLabel.failed(str(source), str(error), model_id=model.model_id, feature_hash=model.config.hash)
     return label_features(features, model, batch_size=batch_size)
@@ -379,6 +462,9 @@ def format_label(label: FileLabel, *, segments: bool = True) -> str:
         return f"{label.path}: error: {label.error}"
     lines = [f"{label.path}: {label.label} (confidence {label.confidence:.2f}, {label.windows} windows, "
              f"{label.duration_s:.1f} s, music {label.music_fraction:.0%} of windows)"]
+    if label.truncated:
+        lines.append(f"  truncated: only the first {label.windows} windows, up to {label.truncated_at_s:.1f} s, "
+                     "were labelled")
     if segments:
         lines += [f"  {s.start_s:9.2f} - {s.end_s:9.2f} s  {s.label:<6} {s.confidence:.2f}" for s in label.segments]
     return "\n".join(lines)
