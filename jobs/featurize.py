@@ -10,11 +10,15 @@ cluster CPU in flight (``ray.wait``). Each task decodes its files window by
 window, featurizes batches of windows and writes its own shards
 ``DIR/shards/part-<chunk>-<n>.parquet`` (each at most ``--shard-mb`` of codes)
 with :func:`msc_core.shards.write_atomic`, then a small completion record
-``DIR/_chunks/<chunk>.json`` with its counts and errors. Only those small
-records travel back to the driver.
+``DIR/_chunks/<chunk>.json`` with its counts, errors and truncated files.
+Only those small records travel back to the driver. Each file is decoded and
+featurized in a supervised child process of the worker
+(:mod:`msc_core.isolation`), killed when the file takes longer than
+``--file-timeout``, so that a decoder hung inside one call costs one error row,
+not the job.
 
-A chunk's id hashes its files (with labels, groups and splits) and the full
-feature config including the window policy, so rerunning the same command
+A chunk's id hashes its files (with labels, groups and splits), the full
+feature config including the window policy, and ``--max-windows``, so rerunning the same command
 recreates the same ids: chunks with a completion record are skipped, leftovers
 of unfinished chunks and ``*.tmp-*`` files are removed and redone, and shards of
 chunks that the command no longer lists are deleted at the end. The finished
@@ -27,8 +31,11 @@ Outputs
 ``DIR/shards/*.parquet``
     One row per window (schema: :mod:`msc_core.shards`).
 ``DIR/errors.parquet``
-    One row per failed file: path, stage (open, decode, featurize, task), error_type, message.
+    One row per failed file: path, stage (decode, featurize, task), error_type, message.
     A failed file contributes no rows.
+``DIR/truncated.parquet``
+    One row per file cut by ``--max-windows``: path, windows (taken), truncated_at_s
+    (end of the last window taken, s), duration_s (the file's, s). Its windows are in the shards.
 ``DIR/manifest.json``
     Config, inputs, counts of files and windows per class and split, errors,
     versions and timings; written last, so its presence means the job finished.
@@ -53,7 +60,7 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Iterable, Iterator, Sequence
 
-from jobs.options import add_window_arguments, window_config
+from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments
 
 DEFAULT_SHARD_MB = 64.0
@@ -62,7 +69,8 @@ TASKS_PER_CPU = 2
 PROGRESS_EVERY_S = 2.0
 CHUNKS_DIR = "_chunks"
 SHARDS_DIR = "shards"
-ERROR_FIELDS = ("path", "stage", "error_type", "message")
+ERROR_SCHEMA = (("path", "string"), ("stage", "string"), ("error_type", "string"), ("message", "string"))
+TRUNCATED_SCHEMA = (("path", "string"), ("windows", "int32"), ("truncated_at_s", "double"), ("duration_s", "double"))
 
 Row = tuple[str, str | None, str, str | None, str | None]
 """One listed file as sent to a task: (path, label, group, genre, split)."""
@@ -86,6 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-outside", action="store_true",
                         help="let manifests name files outside their own folder")
     add_window_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument("--split", default="70/15/15", metavar="TRAIN/VAL/TEST",
                         help="split fractions by group (default 70/15/15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -108,20 +117,21 @@ def run(args: argparse.Namespace) -> int:
     if args.files_per_task < 1 or args.shard_mb <= 0:
         raise InputError("--files-per-task and --shard-mb must be positive")
     config = window_config(args)
+    limits = decode_limits(args)
     fractions = parse_split(args.split)
     init_ray(args.address, num_cpus=args.num_cpus)
     manifest = featurize_archive(args.sources, out=args.out, config=config, layout=args.layout,
                                  fractions=fractions, seed=args.seed, shard_mb=args.shard_mb,
                                  files_per_task=args.files_per_task, allow_outside=args.allow_outside,
-                                 progress=not args.quiet)
+                                 limits=limits, isolate=not args.no_isolation, progress=not args.quiet)
     print(summary_line(manifest), flush=True)
     return 1 if manifest["errors"] else 0
 
 
 # ---------------------------------------------------------------------------- the task
 
-def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json: str,
-                    shard_bytes: int) -> dict[str, Any]:
+def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json: str, shard_bytes: int,
+                    limits=None, isolate: bool = True) -> dict[str, Any]:
     """Featurize one chunk of files and write its shards and completion record (runs in a Ray task).
 
     Parameters
@@ -135,71 +145,67 @@ def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json
         ``FeatureConfig.to_json()`` (window policy included).
     shard_bytes : int
         Most bytes of codes per shard; a file's windows are never split across shards.
+    limits : DecodeLimits or None
+        Bounds on each file (default: ``DecodeLimits()``).
+    isolate : bool
+        Decode in this worker's supervised child process, killed when a file
+        overruns ``limits.max_decode_s`` (else in this process).
 
     Returns
     -------
     dict
         The completion record: ``chunk``, ``files`` and ``windows`` counted per
-        ``"<label>/<split>"``, ``errors`` (list of dicts with :data:`ERROR_FIELDS`),
-        ``shards`` (file names), ``seconds`` (wall time of the task), ``peak_rss_mb``
+        ``"<label>/<split>"``, ``errors`` (list of dicts with :data:`ERROR_SCHEMA`),
+        ``truncated`` (list of dicts with :data:`TRUNCATED_SCHEMA`), ``shards`` (file names), ``seconds`` (wall time of the task), ``peak_rss_mb``
         (peak resident memory of the worker process so far).
     """
+    from msc_core.audio import DecodeLimits
     from msc_core.config import FeatureConfig
+    from msc_core.errors import AudioDecodeError
+    from msc_core.isolation import shared_child
+    from msc_core.labelling import featurize_file, warm_up
 
     started = time.monotonic()
     config = FeatureConfig.from_json(config_json)
+    child = shared_child(warm_up=warm_up) if isolate else None
     writer = _ShardWriter(out=out, chunk_id=chunk_id, config=config, shard_bytes=shard_bytes)
-    files, windows, errors = Counter(), Counter(), []
+    files, windows, errors, truncated = Counter(), Counter(), [], []
     for row in rows:
-        columns, codes, error = _featurize_file(row, config)
-        if error is not None:
-            errors.append(error)
+        path = row[0]
+        try:
+            features = featurize_file(path, config, limits=limits or DecodeLimits(), child=child)
+        except Exception as error:  # one bad file must never stop the chunk
+            errors.append({"path": path, "stage": "decode" if isinstance(error, AudioDecodeError) else "featurize",
+                           "error_type": type(error).__name__, "message": str(error)})
             continue
-        writer.add(columns, codes)
+        writer.add(_shard_columns(row, features), features.codes)
         key = f"{row[1] or 'unlabelled'}/{row[4] or 'none'}"
         files[key] += 1
-        windows[key] += len(codes)
+        windows[key] += len(features.codes)
+        if features.truncated_at_s is not None:
+            truncated.append({"path": path, "windows": len(features.codes),
+                              "truncated_at_s": features.truncated_at_s, "duration_s": features.duration_s})
     writer.close()
     record = {"chunk": chunk_id, "files": dict(files), "windows": dict(windows), "errors": errors,
-              "shards": writer.written, "seconds": time.monotonic() - started, "peak_rss_mb": _peak_rss_mb()}
+              "truncated": truncated, "shards": writer.written, "seconds": time.monotonic() - started, "peak_rss_mb": _peak_rss_mb()}
     _write_bytes_atomic(f"{out}/{CHUNKS_DIR}/{chunk_id}.json", json.dumps(record).encode())
     return record
 
 
-def _featurize_file(row: Row, config) -> tuple[dict[str, list] | None, Any, dict[str, str] | None]:
-    """All windows of one file as shard columns and codes (B, n_mels, frames), or an error record.
+def _shard_columns(row: Row, features) -> dict[str, list]:
+    """The shard columns (all but ``codes``) of one file's windows.
 
     A file's windows are held until it has decoded completely, so that a file
     failing halfway leaves no rows: with the shard buffer, a worker holds at most
     ``--shard-mb`` plus one file's codes (27.5 KB per window, at most
-    ``DecodeLimits.max_windows`` windows).
+    ``--max-windows`` windows).
     """
-    import numpy as np
-
-    from msc_core.audio import AudioStream
-    from msc_core.depth import featurize
-
     path, label, group, genre, split = row
-    stage = "open"
-    try:
-        with AudioStream.open(path) as stream:
-            stage, info = "decode", stream.info
-            codes, starts, audio = [], [], []
-            for batch in stream.windows(config):
-                stage = "featurize"
-                codes.append(featurize(batch.samples, config))
-                starts.append(batch.start_s)
-                audio.append(batch.audio_s)
-                stage = "decode"
-    except Exception as error:  # one bad file must never stop the chunk
-        return None, None, {"path": path, "stage": stage, "error_type": type(error).__name__,
-                            "message": str(error)}
-    count = sum(len(part) for part in codes)
-    columns = {"path": [path] * count, "label": [label] * count, "group": [group] * count,
-               "genre": [genre] * count, "split": [split] * count, "window": list(range(count)),
-               "start_s": np.concatenate(starts).tolist(), "duration_s": np.concatenate(audio).tolist(),
-               "sample_rate": [info.sample_rate] * count, "channels": [info.channels] * count}
-    return columns, np.concatenate(codes), None
+    count = len(features.start_s)
+    return {"path": [path] * count, "label": [label] * count, "group": [group] * count,
+            "genre": [genre] * count, "split": [split] * count, "window": list(range(count)),
+            "start_s": features.start_s.tolist(), "duration_s": (features.end_s - features.start_s).tolist(),
+            "sample_rate": [features.sample_rate] * count, "channels": [features.channels] * count}
 
 
 @dataclass
@@ -250,9 +256,13 @@ def _peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------------------- the driver
 
-def chunk_id_of(rows: Sequence[Row], config_json: str) -> str:
-    """Deterministic id of a chunk: 16 hex digits of a hash of its sorted rows and the full config."""
+def chunk_id_of(rows: Sequence[Row], config_json: str, *, max_windows: int) -> str:
+    """Deterministic id of a chunk: 16 hex digits of a hash of its sorted rows, the full config and ``max_windows``."""
+    from msc_core.audio import DecodeLimits
+
     digest = hashlib.sha256(config_json.encode())
+    if max_windows != DecodeLimits().max_windows:  # the default leaves the ids of earlier msc versions as they were
+        digest.update(f"max_windows={max_windows}\n".encode())
     for row in sorted(rows, key=lambda r: tuple(value or "" for value in r)):
         digest.update("\t".join(value or "" for value in row).encode() + b"\n")
     return digest.hexdigest()[:16]
@@ -282,6 +292,7 @@ class _Totals:
     files: Counter = field(default_factory=Counter)
     windows: Counter = field(default_factory=Counter)
     errors: list[dict[str, str]] = field(default_factory=list)
+    truncated: list[dict[str, Any]] = field(default_factory=list)
     listed: int = 0
     listing_done: bool = False
     chunks: int = 0
@@ -300,6 +311,7 @@ class _Totals:
         self.files.update(record["files"])
         self.windows.update(record["windows"])
         self.errors.extend(record["errors"])
+        self.truncated.extend(record.get("truncated", []))  # absent from records of msc before truncation reports
         self.shards += len(record["shards"])
         self.chunks += 1
         self.chunks_reused += reused
@@ -329,7 +341,8 @@ class _Totals:
 def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str = "auto",
                       fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                       shard_mb: float = DEFAULT_SHARD_MB, files_per_task: int = DEFAULT_FILES_PER_TASK,
-                      allow_outside: bool = False, progress: bool = True) -> dict[str, Any]:
+                      allow_outside: bool = False, limits=None, isolate: bool = True,
+                      progress: bool = True) -> dict[str, Any]:
     """Featurize ``sources`` into ``out`` on the connected Ray cluster (resuming earlier runs).
 
     Parameters
@@ -348,6 +361,10 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
     shard_mb : float
         Most megabytes of codes per shard.
     files_per_task : int
+    limits : DecodeLimits or None
+        Bounds on each file (default: ``DecodeLimits()``).
+    isolate : bool
+        Decode in supervised child processes that enforce ``limits.max_decode_s`` (see :func:`featurize_chunk`).
     progress : bool
         Print progress lines to stderr.
 
@@ -362,7 +379,10 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
 
     from msc_core.sources import is_uri
 
+    from msc_core.audio import DecodeLimits
+
     out = out.rstrip("/") if is_uri(out) else os.path.abspath(out)
+    limits = limits or DecodeLimits()
     config_json = config.to_json()
     _make_dirs(out)
     done, leftovers = _scan_output(out)
@@ -386,7 +406,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
 
     for rows in iter_chunks(sources, layout=layout, fractions=fractions, seed=seed,
                             files_per_task=files_per_task, allow_outside=allow_outside):
-        chunk_id = chunk_id_of(rows, config_json)
+        chunk_id = chunk_id_of(rows, config_json, max_windows=limits.max_windows)
         totals.listed += len(rows)
         if chunk_id in wanted:
             continue  # the same files listed twice in a row of sources
@@ -397,7 +417,8 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
         while len(in_flight) >= max_in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             collect(ready)
-        ref = task.remote(rows, chunk_id=chunk_id, out=out, config_json=config_json, shard_bytes=shard_bytes)
+        ref = task.remote(rows, chunk_id=chunk_id, out=out, config_json=config_json, shard_bytes=shard_bytes,
+                          limits=limits, isolate=isolate)
         in_flight[ref] = rows
     totals.listing_done = True
     while in_flight:
@@ -405,8 +426,10 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
         collect(ready)
     _delete(_stale_outputs(out, wanted))
     manifest = _manifest(totals, sources=sources, out=out, config=config, layout=layout, fractions=fractions,
-                         seed=seed, shard_mb=shard_mb, files_per_task=files_per_task, allow_outside=allow_outside)
-    _write_errors(totals.errors, f"{out}/errors.parquet")
+                         seed=seed, shard_mb=shard_mb, files_per_task=files_per_task, allow_outside=allow_outside,
+                         limits=limits, isolate=isolate)
+    _write_records(totals.errors, f"{out}/errors.parquet", ERROR_SCHEMA)
+    _write_records(totals.truncated, f"{out}/truncated.parquet", TRUNCATED_SCHEMA)
     _write_bytes_atomic(f"{out}/manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
     if progress:
         totals.progress(force=True)
@@ -416,7 +439,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
 def _failed_task_record(rows: Sequence[Row], error: Exception) -> dict[str, Any]:
     """A completion record for a task that died (worker crash, unwritable output): every file failed."""
     message = f"task of the chunk failed: {error}".splitlines()[0]
-    return {"files": {}, "windows": {}, "shards": [], "seconds": 0.0, "peak_rss_mb": 0.0, "errors": [
+    return {"files": {}, "windows": {}, "shards": [], "truncated": [], "seconds": 0.0, "peak_rss_mb": 0.0, "errors": [
         {"path": row[0], "stage": "task", "error_type": type(error).__name__, "message": message} for row in rows]}
 
 
@@ -495,13 +518,14 @@ def _write_bytes_atomic(path: str, data: bytes) -> None:
         sink.write(data)
 
 
-def _write_errors(errors: list[dict[str, str]], path: str) -> None:
+def _write_records(records: list[dict[str, Any]], path: str, fields: Sequence[tuple[str, str]]) -> None:
+    """``records`` as a Parquet table of ``fields`` ((name, Arrow type name) pairs), written atomically."""
     import pyarrow as pa
 
     from msc_core.shards import write_atomic
 
-    schema = pa.schema([(name, pa.string()) for name in ERROR_FIELDS])
-    write_atomic(pa.Table.from_pylist(errors, schema=schema), path)
+    schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in fields])
+    write_atomic(pa.Table.from_pylist(records, schema=schema), path)
 
 
 def _nested(counter: Counter) -> dict[str, dict[str, int]]:
@@ -528,18 +552,20 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(totals: _Totals, *, sources, out, config, layout, fractions, seed, shard_mb, files_per_task,
-              allow_outside) -> dict[str, Any]:
+              allow_outside, limits, isolate) -> dict[str, Any]:
     elapsed = time.monotonic() - totals.started
     windows = sum(totals.windows.values())
     return {
         "config": json.loads(config.to_json()),
         "feature_hash": config.hash,
         "inputs": {"sources": list(sources), "out": out, "layout": layout, "allow_outside": allow_outside,
-                   "split": list(fractions), "seed": seed, "shard_mb": shard_mb, "files_per_task": files_per_task},
+                   "split": list(fractions), "seed": seed, "shard_mb": shard_mb, "files_per_task": files_per_task,
+                   "file_timeout_s": limits.max_decode_s, "max_windows": limits.max_windows, "isolate": isolate},
         "counts": {"files": _nested(totals.files), "windows": _nested(totals.windows)},
         "files": sum(totals.files.values()),
         "windows": windows,
         "errors": len(totals.errors),
+        "truncated": len(totals.truncated),
         "listed": totals.listed,
         "chunks": totals.chunks,
         "chunks_reused": totals.chunks_reused,
@@ -555,7 +581,9 @@ def _manifest(totals: _Totals, *, sources, out, config, layout, fractions, seed,
 def summary_line(manifest: dict[str, Any]) -> str:
     """One line for the console: files, windows, errors, shards, time and where things are."""
     timings = manifest["timings"]
-    return (f"featurize done: {manifest['files']} files, {manifest['windows']} windows, {manifest['errors']} errors, "
+    truncated = f", {manifest['truncated']} truncated (see truncated.parquet)" if manifest.get("truncated") else ""
+    return (f"featurize done: {manifest['files']} files, {manifest['windows']} windows, {manifest['errors']} errors"
+            f"{truncated}, "
             f"{manifest['shards']} shards ({manifest['chunks_reused']}/{manifest['chunks']} chunks reused) in "
             f"{timings['seconds']:.1f} s ({timings['windows_per_s']:.1f} windows/s) -> {manifest['inputs']['out']}")
 

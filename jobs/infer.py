@@ -3,7 +3,8 @@
 Pipeline (no audio, codes or probabilities pass through the driver; it holds only the listing)::
 
     chunks of files (from the manifest)                      driver: listing only
-      -> featurize_chunk      tasks: decode + featurize each file, one block of window rows per chunk
+      -> featurize_chunk      tasks: decode + featurize each file (in a supervised child process
+                              killed after --file-timeout), one block of window rows per chunk
       -> LabelWindows         actor pool: the model, loaded once per actor, batched predict
       -> WriteChunks          one small actor: per-file aggregation, then the chunk's parts
       -> driver               one tiny summary row per chunk; assembles the final files at the end
@@ -44,7 +45,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from jobs.options import add_window_arguments, window_config
+from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 
 log = logging.getLogger("msc.infer")
 
@@ -67,6 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="msc model directory (default: the model bundled with msc)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (local path or URI)")
     add_window_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument("--format", default="parquet,csv", metavar="FMT",
                         help="final file formats, comma-separated from parquet,csv (default both)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
@@ -137,34 +139,43 @@ def plan_resources(*, cpus: float, gpus: float, gpus_per_actor: float) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------- stages
-def featurize_chunk(batch: dict, *, config) -> Iterator[dict]:
+def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[dict]:
     """Decode and featurize every file of each chunk in ``batch``; one output batch per chunk.
+
+    With ``isolate``, files are decoded in this worker's supervised child
+    process, killed when one overruns ``limits.max_decode_s`` (DecodeLimits).
 
     Output columns (one row per window; one row with zero codes per file that failed):
     ``chunk_id`` str, ``chunk_rows`` int64 (rows of the whole chunk), ``file`` int32
     (index in the chunk), ``path`` str, ``start_s``/``end_s``/``duration_s`` float64 (s),
+    ``truncated_at_s`` float64 (s; NaN unless ``limits.max_windows`` cut the file),
     ``error`` str ("" when ok), ``codes`` uint8 (rows, n_mels, frames).
     """
     from msc_core.errors import MscError
-    from msc_core.labelling import featurize_file
+    from msc_core.isolation import shared_child
+    from msc_core.labelling import featurize_file, warm_up
 
+    child = shared_child(warm_up=warm_up) if isolate else None
     empty = np.zeros((1, *config.encoded_shape), np.uint8)
     for chunk_id, paths in zip(batch["chunk_id"], batch["paths"]):
-        columns = {"file": [], "path": [], "start_s": [], "end_s": [], "duration_s": [], "error": [], "codes": []}
+        columns = {"file": [], "path": [], "start_s": [], "end_s": [], "duration_s": [], "truncated_at_s": [],
+                   "error": [], "codes": []}
         for index, path in enumerate(paths):
             try:
-                features = featurize_file(path, config)
+                features = featurize_file(path, config, limits=limits, child=child)
             except MscError as error:
-                rows, values = 1, (np.zeros(1), np.zeros(1), np.nan, str(error), empty)
+                rows, values = 1, (np.zeros(1), np.zeros(1), np.nan, np.nan, str(error), empty)
             else:
                 rows = len(features.start_s)
-                values = (features.start_s, features.end_s, features.duration_s, "", features.codes)
-            start_s, end_s, duration_s, message, codes = values
+                values = (features.start_s, features.end_s, features.duration_s,
+                          np.nan if features.truncated_at_s is None else features.truncated_at_s, "", features.codes)
+            start_s, end_s, duration_s, truncated_at_s, message, codes = values
             columns["file"].append(np.full(rows, index, np.int32))
             columns["path"].append(np.full(rows, path, object))
             columns["start_s"].append(start_s)
             columns["end_s"].append(end_s)
             columns["duration_s"].append(np.full(rows, duration_s))
+            columns["truncated_at_s"].append(np.full(rows, truncated_at_s))
             columns["error"].append(np.full(rows, message, object))
             columns["codes"].append(codes)
         out = {name: np.concatenate(parts) for name, parts in columns.items()}
@@ -239,7 +250,7 @@ class WriteChunks:
         from msc_core.shards import write_atomic
 
         columns = {name: rows[name].to_numpy(zero_copy_only=False) for name in
-                   ("file", "path", "start_s", "end_s", "duration_s", "error", "p_speech", "p_music")}
+                   ("file", "path", "start_s", "end_s", "duration_s", "truncated_at_s", "error", "p_speech", "p_music")}
         order = np.lexsort((columns["start_s"], columns["file"]))
         columns = {name: values[order] for name, values in columns.items()}
         labels = []
@@ -250,9 +261,11 @@ class WriteChunks:
                 labels.append(FileLabel.failed(path, str(columns["error"][first]), model_id=self.model_id,
                                                feature_hash=self.feature_hash))
                 continue
+            truncated_at_s = float(columns["truncated_at_s"][first])
             labels.append(aggregate(
                 path, start_s=columns["start_s"][run], end_s=columns["end_s"][run],
                 duration_s=float(columns["duration_s"][first]),
+                truncated_at_s=None if np.isnan(truncated_at_s) else truncated_at_s,
                 probs=np.stack([columns["p_speech"][run], columns["p_music"][run]], axis=1),
                 model_id=self.model_id, feature_hash=self.feature_hash))
         tables = dict(zip(("predictions", "windows", "segments"), label_tables(labels)))
@@ -272,10 +285,14 @@ def chunk_id_of(paths: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
 
 
-def manifest_metadata(*, sources: Sequence[str], model_id: str, config) -> dict[bytes, bytes]:
+def manifest_metadata(*, sources: Sequence[str], model_id: str, config, max_windows: int) -> dict[bytes, bytes]:
     """What a run's manifest records: a rerun into the same DIR must agree on all of it."""
+    from msc_core.audio import DecodeLimits
+
     run = {"sources": list(sources), "model_id": model_id, "feature_hash": config.hash,
            "window": config.window.mode, "hop_seconds": config.window.hop_seconds}
+    if max_windows != DecodeLimits().max_windows:  # the default leaves manifests of earlier msc versions valid
+        run["max_windows"] = max_windows
     return {b"msc.infer": json.dumps(run, sort_keys=True).encode()}
 
 
@@ -397,12 +414,14 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_files < 1 or args.batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
     config = window_config(args)
+    limits = decode_limits(args)
     model = load_model(args.model)  # checks the model and its features before any work starts
     model_dir = str(args.model or DEFAULT_MODEL_DIR)
     filesystem, root = resolve_filesystem(args.out)
     root = root.rstrip("/")
     open_manifest(filesystem, root, sources=args.sources, chunk_files=args.chunk_files,
-                  metadata=manifest_metadata(sources=args.sources, model_id=model.model_id, config=config))
+                  metadata=manifest_metadata(sources=args.sources, model_id=model.model_id, config=config,
+                                             max_windows=limits.max_windows))
     done = done_chunks(filesystem, root)
     pending = [{"chunk_id": chunk_id, "paths": paths} for chunk_id, paths in iter_manifest(filesystem, root)
                if chunk_id not in done]
@@ -415,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("resources %s -> %s", resources, plan)
         dataset = (
             ray.data.from_items(pending, override_num_blocks=len(pending))
-            .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus, fn_kwargs={"config": config})
+            .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus,
+                         fn_kwargs={"config": config, "limits": limits, "isolate": not args.no_isolation})
             .map_batches(LabelWindows, batch_size=None, compute=ray.data.ActorPoolStrategy(size=plan.actors),
                          num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
                          fn_constructor_kwargs={"model_dir": model_dir, "batch_size": args.batch_size})

@@ -30,3 +30,36 @@ def window_config(args: argparse.Namespace):
         return PAPER.with_window(mode=args.window, hop_seconds=args.hop)
     except ValueError as error:
         raise InputError(str(error)) from error
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--file-timeout S``, ``--max-windows N`` and ``--no-isolation``: the bounds on one file."""
+    from msc_core.audio import DecodeLimits
+
+    defaults = DecodeLimits()
+    parser.add_argument("--file-timeout", type=float, default=defaults.max_decode_s, metavar="S",
+                        help=f"wall-clock seconds to decode and featurize one file (default {defaults.max_decode_s:g}); "
+                             "a file over it is killed with its decoder and gets an error row")
+    parser.add_argument("--max-windows", type=int, default=defaults.max_windows, metavar="N",
+                        help=f"most windows taken from one file (default {defaults.max_windows}); "
+                             "a file cut there is flagged as truncated in the outputs")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="decode in the worker itself instead of a supervised child process: slightly faster, "
+                             "but --file-timeout is then checked only between decode blocks, so a decoder hung "
+                             "inside one call is never cut off")
+
+
+def decode_limits(args: argparse.Namespace):
+    """The :class:`~msc_core.audio.DecodeLimits` that ``--file-timeout`` and ``--max-windows`` ask for.
+
+    Raises
+    ------
+    InputError
+        A timeout or window count that is not positive.
+    """
+    from msc_core.audio import DecodeLimits
+    from msc_core.errors import InputError
+
+    if args.file_timeout <= 0 or args.max_windows < 1:
+        raise InputError("--file-timeout and --max-windows must be positive")
+    return DecodeLimits(max_decode_s=args.file_timeout, max_windows=args.max_windows)

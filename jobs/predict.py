@@ -1,8 +1,10 @@
 """``msc predict FILE...``: label a few files right here, with no Ray at all.
 
 Prints each file's label, confidence and segments, or with ``--json`` a JSON
-list of objects with the ``predictions.csv`` fields plus ``segments``. Exit
-code 0 when every file was labelled, 1 when some could not be decoded.
+list of objects with the ``predictions.csv`` fields plus ``segments``. Files
+are decoded in a supervised child process, killed when one takes longer than
+``--file-timeout`` (that file then fails). Exit code 0 when every file was
+labelled, 1 when some could not be decoded.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jobs.options import add_window_arguments, window_config
+from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,17 +24,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="msc model directory (default: the model bundled with msc)")
     add_window_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Label each file and print the results; 1 if any file failed."""
-    from msc_core.labelling import format_label, label_dict, label_file, load_model
+    from msc_core.isolation import shared_child
+    from msc_core.labelling import format_label, label_dict, label_file, load_model, warm_up
 
-    window_config(args)  # refuses bad window options before the model loads
+    window_config(args)  # refuses bad options before the model loads
+    limits = decode_limits(args)
     model = load_model(args.model)
-    labels = [label_file(path, model, window=args.window, hop_s=args.hop) for path in args.files]
+    child = None if args.no_isolation else shared_child(warm_up=warm_up)
+    labels = [label_file(path, model, window=args.window, hop_s=args.hop, limits=limits, child=child)
+              for path in args.files]
     if args.json:
         print(json.dumps([label_dict(label) for label in labels], indent=1))
     else:

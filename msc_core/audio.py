@@ -186,6 +186,10 @@ class AudioStream:
         audio is kept and zero-padded at its end; a file shorter than that still
         gives its one first window.
 
+        After the last batch, :attr:`truncated` says whether ``max_windows``
+        stopped a window from being taken: the audio after the last window
+        taken is read only as far as needed to know (``min_last_seconds``).
+
         Yields
         ------
         WindowBatch
@@ -208,24 +212,26 @@ class AudioStream:
                                   np.stack(rows))
                 pending = []
 
+        limit = self._limits.max_windows
         blocks = self.mono(rate)
         for block in blocks:
             buffer = np.concatenate([buffer, block])
-            while next_start + size <= buffer_start + len(buffer):
+            while next_start + size <= buffer_start + len(buffer) and emitted < limit:
                 offset = next_start - buffer_start
                 pending.append((next_start, size, buffer[offset:offset + size].copy()))
                 emitted += 1
                 next_start += hop
-                if first_only or emitted >= self._limits.max_windows:
-                    self.truncated = not first_only
+                if first_only:
                     yield from flush()
                     return
                 if len(pending) >= batch_windows:
                     yield from flush()
             drop = min(next_start - buffer_start, len(buffer))
             buffer, buffer_start = buffer[drop:], buffer_start + drop
+            if emitted >= limit and buffer_start + len(buffer) - next_start >= max(min_audio, 1):
+                break  # at the limit, and the audio after it would give another window
         end = buffer_start + len(buffer)
-        while next_start < end and emitted < self._limits.max_windows:
+        while next_start < end and emitted < limit:
             audio = end - next_start
             if first_only or emitted == 0 or audio >= min_audio:
                 row = np.zeros(size, np.float32)
@@ -237,7 +243,7 @@ class AudioStream:
             if first_only:
                 break
             next_start += hop
-        self.truncated = not first_only and next_start < end
+        self.truncated = not first_only and emitted >= limit and end - next_start >= max(min_audio, 1)
         yield from flush()
 
 

@@ -76,7 +76,7 @@ class ChildProcess:
         ChildProcessFailed
             The call took longer than ``timeout_s`` (the child was killed), or the child died.
         """
-        self._start()
+        self.start()
         deadline = time.monotonic() + timeout_s
         self._requests.send((function, args, kwargs))
         finished = False
@@ -110,8 +110,14 @@ class ChildProcess:
         self._replies.close()
         self._process = self._requests = self._replies = None
 
-    def _start(self) -> None:
-        """Start the child, unless running, and wait until it has warmed up."""
+    def start(self) -> None:
+        """Start the child unless it runs (calls do so when needed) and wait until it has warmed up.
+
+        Raises
+        ------
+        ChildProcessFailed
+            The child did not start and warm up within :data:`START_TIMEOUT_S`.
+        """
         if self._process is not None:
             return
         request_read, request_write = os.pipe()

@@ -165,7 +165,7 @@ class FileLabel:
     path, label, confidence, p_music, p_speech, duration_s, windows, music_fraction,
     speech_fraction, model_id, feature_hash, status, error, truncated, truncated_at_s
         The row's fields (:data:`PREDICTIONS_SCHEMA`); with ``status="error"``
-        the numbers, label and ``truncated`` are None, ``windows`` is 0 and ``error`` says why.
+        the numbers and label are None, ``windows`` is 0 and ``error`` says why.
     window_start_s, window_end_s, window_p_music : np.ndarray, float64, shape (windows,)
         Per-window start, end of real audio (s) and music probability.
     segments : tuple of Segment
@@ -185,7 +185,7 @@ class FileLabel:
     feature_hash: str
     status: Literal["ok", "error"]
     error: str | None
-    truncated: bool | None = None
+    truncated: bool = False
     truncated_at_s: float | None = None
     window_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     window_end_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
