@@ -79,7 +79,8 @@ def iter_audio_paths(sources: Sequence[str]) -> Iterator[str]:
         Each one of:
 
         - a local folder: searched recursively, audio extensions only;
-        - a glob (``*``, ``?``, ``[``; ``**`` recurses): matches with audio extensions;
+        - a glob (``*``, ``?``, ``[``; ``**`` recurses): matches with audio extensions
+          that are not folders;
         - a file list (``.txt``/``.lst``): one path or URI per line, blank lines and
           ``#`` comments skipped, relative paths taken from the list's folder;
         - an fsspec URI (``s3://bucket/prefix``, ``gs://...``): a prefix is listed
@@ -112,7 +113,7 @@ def _iter_one(source: str) -> Iterator[str]:
     local = source.removeprefix("file://")
     if _GLOB_CHARS & set(local):
         yield from sorted(os.path.abspath(p) for p in globlib.iglob(local, recursive=True)
-                          if has_audio_extension(p) and os.path.isfile(p))
+                          if has_audio_extension(p) and not os.path.isdir(p))
     elif os.path.isdir(local):
         yield from _walk(os.path.abspath(local))
     elif not os.path.exists(local):
@@ -129,8 +130,10 @@ def _walk(folder: str, *, visited: set[tuple[int, int]] | None = None) -> Iterat
     Symbolic links to folders are followed once each (a link back to an
     ancestor is not walked again). An entry with an audio extension that is
     not a folder is listed even when it cannot be read (a dangling link, a link
-    loop, no permission), so the job reports it as a failed file rather than
-    losing it silently. A sub-folder that cannot be listed is skipped with a
+    loop, no permission) or is no regular file (a FIFO, a socket, a device),
+    so the job reports it as a failed file rather than losing it silently;
+    the decoder refuses non-regular files without opening them (opening a FIFO
+    would block). A sub-folder that cannot be listed is skipped with a
     warning; only an unlistable top folder is an error.
     """
     top = visited is None

@@ -8,10 +8,13 @@ contains a given phrase. The audio, featurize and infer tests all use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -150,6 +153,10 @@ def make_hostile_corpus(directory: Path, *, long_seconds: float | None = None) -
     if not loop.is_symlink():
         loop.symlink_to(loop.name)
     expect["symlink_loop.wav"] = Expect(reason="symbolic links")
+    fifo = directory / "fifo.wav"  # opening it for reading would block until a writer comes
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    expect["fifo.wav"] = Expect(reason="not a regular file")
     unreadable = directory / "unreadable.wav"
     _write(unreadable, seconds=3.0)
     unreadable.chmod(0)
@@ -159,6 +166,22 @@ def make_hostile_corpus(directory: Path, *, long_seconds: float | None = None) -
         write_long_wav(directory / "long_8k.wav", long_seconds)
         expect["long_8k.wav"] = Expect(windows=_default_windows(long_seconds))
     return expect
+
+
+@contextlib.contextmanager
+def hanging_uris(directory: Path) -> Iterator[list[str]]:
+    """Two inputs on which a decoder really blocks, for as long as this context is open.
+
+    - ``local://.../hang_fifo.wav``: a FIFO reached through an fsspec URI, which
+      opens it without msc's regular-file check: ``open`` blocks in the kernel;
+    - ``http://127.0.0.1:PORT/stalled.wav``: a server that accepts connections
+      (the kernel's backlog does) and never answers: the read blocks (aiohttp
+      gives up only after 5 minutes).
+    """
+    fifo = Path(directory) / "hang_fifo.wav"
+    os.mkfifo(fifo)
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
+        yield [f"local://{fifo}", f"http://127.0.0.1:{server.getsockname()[1]}/stalled.wav"]
 
 
 def _default_windows(seconds: float) -> int:

@@ -8,8 +8,8 @@ import pytest
 from msc_core import synth
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
-from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, aggregate, featurize_file, label_array, label_dict,
-                                label_file, label_tables, load_model, segments_of, window_config)
+from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, aggregate, featurize_file, format_label, label_array,
+                                label_dict, label_file, label_tables, load_model, segments_of, window_config)
 from msc_core.model import MscModel, build_model
 from tests.conftest import write_audio
 
@@ -89,3 +89,15 @@ def test_load_model_without_default_is_clear():
         pytest.skip("this msc bundles a default model")
     with pytest.raises(ModelLoadError, match="--model"):
         load_model()
+
+
+def test_a_truncated_file_is_flagged_and_its_segments_stop_at_the_cut():
+    label = aggregate("long.wav", start_s=np.array([0.0, 5.0]), end_s=np.array([5.0, 10.0]), duration_s=40.0,
+                      probs=np.array([[0.9, 0.1], [0.2, 0.8]]), model_id="m", feature_hash="h", truncated_at_s=10.0)
+    predictions, _, segments = label_tables([label, FileLabel.failed("bad.wav", "broken", model_id="m",
+                                                                     feature_hash="h")])
+    assert predictions.select(["truncated", "truncated_at_s", "duration_s"]).to_pylist() == [
+        {"truncated": True, "truncated_at_s": 10.0, "duration_s": 40.0},
+        {"truncated": False, "truncated_at_s": None, "duration_s": None}]
+    assert segments["end_s"].to_pylist()[-1] == 10.0
+    assert "only the first 2 windows, up to 10.0 s" in format_label(label)

@@ -142,11 +142,15 @@ def test_parse_split():
             sources.parse_split(bad)
 
 
-def test_walk_survives_link_loops_and_lists_unreadable_audio(tmp_path):
+def test_walk_survives_link_loops_and_lists_unreadable_audio(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.wav").write_bytes(b"x")
     (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)  # a cycle through a folder link
     (tmp_path / "loop.wav").symlink_to("loop.wav")                              # a link to itself
     (tmp_path / "gone.flac").symlink_to(tmp_path / "missing.flac")              # dangling
+    os.mkfifo(tmp_path / "pipe.wav")                                            # not a regular file
     listed = list(sources.iter_audio_paths([str(tmp_path)]))
-    assert sorted(os.path.basename(path) for path in listed) == ["a.wav", "gone.flac", "loop.wav"]
+    assert sorted(os.path.basename(path) for path in listed) == ["a.wav", "gone.flac", "loop.wav", "pipe.wav"]
+    monkeypatch.chdir(tmp_path)
+    assert list(sources.iter_audio_paths(["*.wav"])) == [str(tmp_path / "loop.wav"), str(tmp_path / "pipe.wav")]
+    assert list(sources.iter_audio_paths(["pipe.wav"])) == [str(tmp_path / "pipe.wav")]
