@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs.featurize import chunk_id_of, featurize_archive, featurize_chunk, iter_chunks  # noqa: E402
 from msc_core import synth  # noqa: E402
 from msc_core.config import PAPER  # noqa: E402
+from msc_core.isolation import shared_child  # noqa: E402
+from msc_core.labelling import warm_up  # noqa: E402
 
 FILES_PER_TASK = 4
 
@@ -69,11 +71,11 @@ def write_tiny_archive(root: Path, *, files: int) -> None:
         os.link(sample, sample.with_name(f"f{i:07d}.wav"))
 
 
-def single_process(source: Path, out: Path, *, isolate: bool = False) -> tuple[int, float]:
+def single_process(source: Path, out: Path, *, isolate: bool = True) -> tuple[int, float]:
     """Windows and seconds of the job's task function over the archive, in this process.
 
-    With ``isolate``, each file is decoded and featurized in the task's supervised
-    child process (the job's default), started and warmed up before the clock starts.
+    With ``isolate`` (the job's default), each file is decoded and featurized in the
+    task's supervised child process, started and warmed up before the clock starts.
     """
     config_json = PAPER.to_json()
     (out / "shards").mkdir(parents=True)
