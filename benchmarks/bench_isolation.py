@@ -4,11 +4,12 @@
 
 Prints:
 
-- files/s and windows/s of featurize's task function over the same archive,
-  in-process and with each file decoded and featurized in the supervised child
+- files/s of featurize's task function over the same archive, in-process and
+  with each file decoded and featurized in the supervised child
   (``msc_core.isolation``), for 1-s files (the worst case: per-file overhead)
-  and 20-s files; the ratios isolated / in-process (best of ``--repeats``,
-  alternating the two so that load from other processes hits both);
+  and 20-s files, by wall time and by CPU time (this process plus the child,
+  which is robust to other load on a shared machine); the ratios isolated /
+  in-process (best of ``--repeats``, alternating the two);
 - peak RSS on one long file: in-process, and the parent plus the child when
   isolated (the child streams its codes back one batch of 16 windows at a time);
 - how long starting a child takes (once per worker, and again after a kill).
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_featurize import single_process, write_archive  # noqa: E402
-from msc_core.isolation import ChildProcess  # noqa: E402
+from msc_core.isolation import ChildProcess, shared_child  # noqa: E402
 from msc_core.labelling import warm_up  # noqa: E402
 
 PEAK_RSS = textwrap.dedent("""
@@ -55,15 +56,21 @@ PEAK_RSS = textwrap.dedent("""
 """)
 
 
-def rates(source: Path, work: Path, *, files: int, repeats: int) -> dict[str, float]:
-    """Best files/s and windows/s, in-process and isolated, alternating runs."""
+def rates(source: Path, work: Path, *, files: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Best files per wall second and per CPU second (with the child's), in-process and isolated."""
+    import psutil
+
     best = {}
     single_process(source, work / "warm", isolate=True)  # imports and caches in this process too
+    child = psutil.Process(shared_child(warm_up=warm_up).pid)
     for k in range(repeats):
         for isolate in (False, True):
-            windows, seconds = single_process(source, work / f"{isolate}-{k}", isolate=isolate)
+            cpu = time.process_time() + sum(child.cpu_times()[:2])
+            _, seconds = single_process(source, work / f"{isolate}-{k}", isolate=isolate)
+            cpu = time.process_time() + sum(child.cpu_times()[:2]) - cpu
             kind = "isolated" if isolate else "in-process"
-            best[kind] = max(best.get(kind, (0, 0)), (files / seconds, windows / seconds))
+            wall, per_cpu = best.get(kind, (0.0, 0.0))
+            best[kind] = (max(wall, files / seconds), max(per_cpu, files / cpu))
     return best
 
 
@@ -109,10 +116,10 @@ def main() -> None:
         print(f"{args.files} files per archive, best of {args.repeats} runs; load average now "
               f"{os.getloadavg()[0]:.2f}")
         for seconds, best in results.items():
-            (files_in, windows_in), (files_iso, windows_iso) = best["in-process"], best["isolated"]
-            print(f"{seconds:4g}-s files: in-process {files_in:6.2f} files/s ({windows_in:6.1f} windows/s), "
-                  f"isolated {files_iso:6.2f} files/s ({windows_iso:6.1f} windows/s): "
-                  f"ratio isolated / in-process {files_iso / files_in:.3f}")
+            (wall_in, cpu_in), (wall_iso, cpu_iso) = best["in-process"], best["isolated"]
+            print(f"{seconds:4g}-s files: in-process {wall_in:6.2f} files/s ({cpu_in:6.2f} per CPU s), "
+                  f"isolated {wall_iso:6.2f} files/s ({cpu_iso:6.2f} per CPU s): ratio isolated / in-process "
+                  f"{wall_iso / wall_in:.3f} by wall time, {cpu_iso / cpu_in:.3f} by CPU time")
         print(f"starting and warming up a child: {min(starts):.2f} s (best of 3; paid once per worker, "
               "and after each kill)")
         windows, nbytes, own, _ = memory["in-process"]
