@@ -61,8 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``msc train`` arguments (shared with ``python -m jobs.train``)."""
     defaults = TrainSettings()
-    parser.add_argument("shards", metavar="SHARDS", help="featurized dataset: DIR with shards/part-*.parquet")
-    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to create (must not exist)")
+    parser.add_argument("shards", metavar="SHARDS",
+                        help="featurized dataset: DIR or URI with shards/part-*.parquet")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR",
+                        help="model directory to create, local or URI (must not exist)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"most epochs (default {defaults.epochs})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
@@ -99,7 +101,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     shards : str
         Dataset directory (or URI) holding ``shards/part-*.parquet``.
     out : str
-        Local model directory to create.
+        Model directory to create: a local path, or a URI (built locally, then uploaded).
     settings : TrainSettings
     workers : int
         Ray Train workers; each reserves an equal share of the CPUs (:func:`cpus_per_worker`)
@@ -110,7 +112,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     resume : bool
         Continue from the latest checkpoint in the storage path (which must exist).
     storage : str or None
-        Ray Train storage path; default ``<out>.ray``.
+        Ray Train storage path (local or URI); default ``<out>.ray``.
     on_epoch_end : callable(msc_core.training.EpochEnd) or None
         Extra per-worker hook after each epoch (it is pickled to the workers).
 
@@ -136,11 +138,13 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     from msc_core.evaluation import evaluate_shards, write_history
     from msc_core.model import build_model, save_model_dir
     from msc_core.shards import list_shards, resolve_filesystem
+    from msc_core.sources import is_uri
+    from msc_core.storage import exists, output_dir
     from msc_core.training import Checkpoint, ShardPlan
 
-    if Path(out).exists():
+    if exists(out):
         raise InputError(f"{out} already exists; choose a new model directory")
-    storage_path = storage or str(Path(f"{out}.ray").resolve())
+    storage_path = storage or (f"{out}.ray" if is_uri(out) else str(Path(f"{out}.ray").resolve()))
     filesystem, inner = resolve_filesystem(storage_path)
     earlier_run = filesystem.get_file_info(f"{inner}/{RUN_NAME}").type != FileType.NotFound
     if resume and not earlier_run:
@@ -181,13 +185,14 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     model = build_model(plan.config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum)
     model.set_weights(final.best_accuracy)
     progress = final.progress
-    saved = save_model_dir(model, plan.config, out, source="trained", extra={
-        "shards": shards, "settings": dataclasses.asdict(settings), "workers": workers,
-        "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,
-        "best_val_accuracy": progress.best_val_accuracy, "stopped_early": progress.stopped_early,
-        "resumed_at": progress.resumed_at, "train_windows": plan.totals("train").tolist()})
-    write_history(progress.history, out)
-    evaluate_shards(saved, paths, split="test").write(out)
+    with output_dir(out) as local_out:
+        saved = save_model_dir(model, plan.config, local_out, source="trained", extra={
+            "shards": shards, "settings": dataclasses.asdict(settings), "workers": workers,
+            "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,
+            "best_val_accuracy": progress.best_val_accuracy, "stopped_early": progress.stopped_early,
+            "resumed_at": progress.resumed_at, "train_windows": plan.totals("train").tolist()})
+        write_history(progress.history, local_out)
+        evaluate_shards(saved, paths, split="test").write(local_out)
     return saved
 
 
@@ -258,11 +263,12 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 def run(args: argparse.Namespace) -> int:
     """Run ``msc train``."""
     from msc_core.evaluation import EVALUATION_FILE
+    from msc_core.storage import read_bytes
 
     init_ray(args.address, num_cpus=args.num_cpus)
     model = train(args.shards, args.out, settings_from_args(args), workers=args.workers, use_gpu=args.use_gpu,
                   max_failures=args.max_failures, resume=args.resume, storage=args.storage)
-    summary = json.loads((Path(args.out) / EVALUATION_FILE).read_text())
+    summary = json.loads(read_bytes(f"{args.out.rstrip('/')}/{EVALUATION_FILE}"))
     print(f"wrote {args.out}: model {model.model_id}, test accuracy {summary['accuracy']:.3f} "
           f"on {summary['windows']} windows, ROC-AUC {summary['roc_auc']}")
     return 0

@@ -38,6 +38,8 @@ import numpy as np
 from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_features
 from .depth import COLORMAP_SIZE, depth_tables
 from .errors import ModelLoadError
+from .sources import is_uri
+from .storage import local_dir
 
 MODEL_FILE = "model.keras"
 FEATURE_CONFIG_FILE = "feature_config.json"
@@ -369,7 +371,7 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     Parameters
     ----------
     path : str or PathLike
-        The model directory.
+        The model directory: a local path, or a URI (``s3://...``) fetched to a temporary copy.
     expected_config : FeatureConfig or None
         Features the caller will feed; must have the model's feature hash.
 
@@ -386,6 +388,12 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     FeatureConfigMismatchError
         ``expected_config`` differs from the model's features.
     """
+    if is_uri(os.fspath(path)):
+        with local_dir(path) as fetched:
+            try:
+                return load_model_dir(fetched, expected_config=expected_config)
+            except ModelLoadError as error:
+                raise ModelLoadError(str(error).replace(fetched, os.fspath(path))) from None
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model directory")

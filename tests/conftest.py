@@ -1,8 +1,10 @@
-"""Shared fixtures: paths into ../shared (skipped cleanly when absent), a local Ray, audio files."""
+"""Shared fixtures: paths into ../shared (skipped cleanly when absent), a local Ray, an S3 server, audio files."""
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,33 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3-compatible server: ``env`` for job subprocesses, ``bucket`` an s3fs client of it."""
+
+    env: dict
+    bucket: object
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 for the session; tests make their own buckets."""
+    moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (test extras)")
+    s3fs = pytest.importorskip("s3fs", reason="the S3 tests need s3fs (test extras)")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | aws
+        yield S3Server(env=env, bucket=s3fs.S3FileSystem(endpoint_url=aws["AWS_ENDPOINT_URL"], key="test",
+                                                         secret="test"))
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

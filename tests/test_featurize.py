@@ -184,40 +184,28 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_p
     assert len(read_rows(clean)) == len(want)
 
 
-def test_s3_sources_and_output(tmp_path):
+def test_s3_sources_and_output(s3_server):
     """Reads s3:// sources and writes s3:// output (a local moto S3 server), then resumes from it."""
     import io
 
     import soundfile as sf
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
-                   AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1")
-        env.pop("RAY_ADDRESS", None)
-        import s3fs
-
-        bucket = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"], key="test", secret="test")
-        bucket.mkdir("archive")
-        for i, kind in enumerate(("music", "speech")):
-            wav = io.BytesIO()
-            sf.write(wav, np.zeros(22050, np.float32) + 0.01 * i, 22050, format="WAV")
-            bucket.pipe(f"archive/in/{kind}/f{i}.wav", wav.getvalue())
-        bucket.pipe("archive/in/music/broken.wav", b"RIFF broken")
-        command = [sys.executable, "-m", "jobs.featurize", "s3://archive/in", "--out", "s3://archive/out",
-                   "--num-cpus", "1", "--quiet"]
-        for _ in range(2):
-            result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-            assert result.returncode == 1, result.stderr[-2000:]
-        manifest = json.loads(bucket.cat("archive/out/manifest.json"))
-        assert (manifest["files"], manifest["windows"], manifest["errors"]) == (2, 2, 1)
-        assert manifest["chunks_reused"] == manifest["chunks"] == 1
-        [shard] = [key for key in bucket.find("archive/out/shards") if key.endswith(".parquet")]
-        table = pq.read_table(io.BytesIO(bucket.cat(shard)))
-        assert sorted(table.column("path").to_pylist()) == ["s3://archive/in/music/f0.wav",
-                                                            "s3://archive/in/speech/f1.wav"]
-    finally:
-        server.stop()
+    bucket = s3_server.bucket
+    bucket.mkdir("archive")
+    for i, kind in enumerate(("music", "speech")):
+        wav = io.BytesIO()
+        sf.write(wav, np.zeros(22050, np.float32) + 0.01 * i, 22050, format="WAV")
+        bucket.pipe(f"archive/in/{kind}/f{i}.wav", wav.getvalue())
+    bucket.pipe("archive/in/music/broken.wav", b"RIFF broken")
+    command = [sys.executable, "-m", "jobs.featurize", "s3://archive/in", "--out", "s3://archive/out",
+               "--num-cpus", "1", "--quiet"]
+    for _ in range(2):
+        result = subprocess.run(command, cwd=REPO, env=s3_server.env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 1, result.stderr[-2000:]
+    manifest = json.loads(bucket.cat("archive/out/manifest.json"))
+    assert (manifest["files"], manifest["windows"], manifest["errors"]) == (2, 2, 1)
+    assert manifest["chunks_reused"] == manifest["chunks"] == 1
+    [shard] = [key for key in bucket.find("archive/out/shards") if key.endswith(".parquet")]
+    table = pq.read_table(io.BytesIO(bucket.cat(shard)))
+    assert sorted(table.column("path").to_pylist()) == ["s3://archive/in/music/f0.wav",
+                                                        "s3://archive/in/speech/f1.wav"]

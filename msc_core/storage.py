@@ -1,0 +1,75 @@
+"""Whole directories on local disk or object stores (``s3://``, ``gs://``): exists, read, upload, fetch.
+
+Model directories are small (a few MB) and are read and written whole, so a URI
+model directory is built or loaded in a local temporary directory and copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+import pyarrow.fs as pafs
+
+from .shards import resolve_filesystem
+from .sources import is_uri
+
+
+def exists(path: str) -> bool:
+    """Whether a file or directory (a non-empty prefix on object stores) exists at ``path``."""
+    filesystem, inner = resolve_filesystem(path)
+    if filesystem.get_file_info(inner).type != pafs.FileType.NotFound:
+        return True
+    return is_uri(path) and bool(filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True)))
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole content of one file (local path or URI)."""
+    filesystem, inner = resolve_filesystem(path)
+    with filesystem.open_input_stream(inner) as handle:
+        return handle.read()
+
+
+def upload_dir(local_dir: str | os.PathLike, target: str) -> None:
+    """Copy the files of ``local_dir`` (recursively) to ``target`` (local path or URI)."""
+    filesystem, inner = resolve_filesystem(target)
+    pafs.copy_files(os.fspath(local_dir), inner, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=filesystem)
+
+
+@contextlib.contextmanager
+def local_dir(path: str | os.PathLike) -> Iterator[str]:
+    """A local directory with the content of ``path``: ``path`` itself, or a temporary copy of a URI."""
+    path = os.fspath(path)
+    if not is_uri(path):
+        yield path
+        return
+    filesystem, inner = resolve_filesystem(path)
+    with tempfile.TemporaryDirectory(prefix="msc-fetch-") as scratch:
+        local = os.path.join(scratch, os.path.basename(inner.rstrip("/")) or "dir")
+        os.mkdir(local)
+        for info in filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True)):
+            if info.type == pafs.FileType.File:
+                target = os.path.join(local, os.path.relpath(info.path, inner))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                pafs.copy_files(info.path, target, source_filesystem=filesystem,
+                                destination_filesystem=pafs.LocalFileSystem())
+        yield local
+
+
+@contextlib.contextmanager
+def output_dir(target: str) -> Iterator[str]:
+    """A local directory to build ``target`` in: ``target`` itself, or a temporary one uploaded to a URI.
+
+    The upload happens only when the block succeeds; it is not atomic (object stores
+    have no directory rename), so callers check :func:`exists` before building.
+    """
+    if not is_uri(target):
+        yield target
+        return
+    with tempfile.TemporaryDirectory(prefix="msc-out-") as scratch:
+        local = os.path.join(scratch, os.path.basename(target.rstrip("/")) or "out")
+        yield local
+        upload_dir(local, target)
