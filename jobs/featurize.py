@@ -66,6 +66,7 @@ from jobs.raylib import add_ray_arguments
 DEFAULT_SHARD_MB = 64.0
 DEFAULT_FILES_PER_TASK = 256
 TASKS_PER_CPU = 2
+TASK_RETRIES = 3  # a task lost with its worker or node is run again (it rewrites the same shard names)
 PROGRESS_EVERY_S = 2.0
 CHUNKS_DIR = "_chunks"
 SHARDS_DIR = "shards"
@@ -387,7 +388,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
     _make_dirs(out)
     done, leftovers = _scan_output(out)
     _delete(leftovers)
-    task = ray.remote(num_cpus=1, max_retries=1)(featurize_chunk)
+    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(featurize_chunk)
     max_in_flight = TASKS_PER_CPU * cluster_cpus()
     shard_bytes = int(shard_mb * 2 ** 20)
     totals = _Totals()

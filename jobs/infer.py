@@ -30,7 +30,9 @@ Output files under ``DIR``:
 
 A rerun with the same ``--out`` reuses the manifest and only processes chunks
 with no predictions part, so an interrupted job resumes with no duplicate and no
-missing file. Exit code: 0 every file labelled, 1 some files failed to decode.
+missing file. Within one run, chunks left without output because a worker or a
+node died (Ray restarts the actors and retries the tasks, but a restarted writer
+has lost the rows it was holding) are run again, up to :data:`PIPELINE_ATTEMPTS` times. Exit code: 0 every file labelled, 1 some files failed to decode.
 """
 
 from __future__ import annotations
@@ -46,18 +48,18 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
+from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 
 log = logging.getLogger("msc.infer")
 
 PART_KINDS = ("windows", "segments", "predictions")  # written in this order; predictions marks a chunk done
 MANIFEST = "parts/manifest.parquet"
 WRITER_CPUS = 0.1
+PIPELINE_ATTEMPTS = 3  # runs of the pipeline over chunks still without output (lost to dead workers or nodes)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``msc infer``."""
-    from jobs.raylib import add_ray_arguments
-
     parser = subparsers.add_parser(
         "infer", help="label whole archives on Ray (per file, per window, segments)",
         description="Label every audio file under SRC with a model: predictions, windows and segments as "
@@ -101,19 +103,23 @@ class Plan:
     task_cpus: float
 
 
-def plan_resources(*, cpus: float, gpus: float, gpus_per_actor: float) -> Plan:
+def plan_resources(*, cpus: float, gpus: float, gpus_per_actor: float, node_cpus: float | None = None) -> Plan:
     """Size the model pool from a cluster's resources.
 
     A pool that reserves every CPU starves the featurize tasks and the writer
     and hangs without an error, so the model actors share only what is left
     after one featurize task and the writer (:data:`WRITER_CPUS`): at most one
-    logical CPU each, fractional on small clusters. TensorFlow inside an actor
+    logical CPU each, fractional on small clusters. One actor, one task and the
+    writer also fit together on the largest node, so that the pipeline still
+    makes progress when every other node is lost. TensorFlow inside an actor
     still uses every core it finds while the tasks are idle.
 
     Parameters
     ----------
     cpus, gpus : float
         The cluster's totals (``ray.cluster_resources()``).
+    node_cpus : float or None
+        CPUs of the largest node (default ``cpus``: one node).
     gpus_per_actor : float
         ``--num-gpus``; 0 runs the model on CPUs with one actor per 8 CPUs.
 
@@ -130,11 +136,13 @@ def plan_resources(*, cpus: float, gpus: float, gpus_per_actor: float) -> Plan:
         actors = int(gpus // gpus_per_actor)
     else:
         actors = max(1, int(cpus // 8))
-    task_cpus = 1.0 if cpus >= 2 else 0.5 * cpus
-    spare = cpus - task_cpus - WRITER_CPUS
-    if spare <= 0:
-        raise InputError(f"the cluster offers {cpus:g} CPUs; msc infer needs more than {task_cpus + WRITER_CPUS:g}")
-    return Plan(actors=actors, actor_cpus=round(min(1.0, spare / actors), 3), actor_gpus=gpus_per_actor,
+    node_cpus = cpus if node_cpus is None else min(node_cpus, cpus)
+    task_cpus = 1.0 if node_cpus >= 2 else 0.5 * node_cpus
+    spare, node_spare = cpus - task_cpus - WRITER_CPUS, node_cpus - task_cpus - WRITER_CPUS
+    if node_spare <= 0:
+        raise InputError(f"the largest node offers {node_cpus:g} CPUs; msc infer needs more than "
+                         f"{task_cpus + WRITER_CPUS:g}")
+    return Plan(actors=actors, actor_cpus=round(min(1.0, spare / actors, node_spare), 3), actor_gpus=gpus_per_actor,
                 task_cpus=task_cpus)
 
 
@@ -146,7 +154,7 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
     process, killed when one overruns ``limits.max_decode_s`` (DecodeLimits).
 
     Output columns (one row per window; one row with zero codes per file that failed):
-    ``chunk_id`` str, ``chunk_rows`` int64 (rows of the whole chunk), ``file`` int32
+    ``chunk_id`` str, ``chunk_rows`` int64 (rows of the whole chunk), ``row`` int64 (index in the chunk), ``file`` int32
     (index in the chunk), ``path`` str, ``start_s``/``end_s``/``duration_s`` float64 (s),
     ``truncated_at_s`` float64 (s; NaN unless ``limits.max_windows`` cut the file),
     ``error`` str ("" when ok), ``codes`` uint8 (rows, n_mels, frames).
@@ -180,7 +188,8 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
             columns["codes"].append(codes)
         out = {name: np.concatenate(parts) for name, parts in columns.items()}
         total = len(out["file"])
-        yield {"chunk_id": np.full(total, chunk_id, object), "chunk_rows": np.full(total, total, np.int64), **out}
+        yield {"chunk_id": np.full(total, chunk_id, object), "chunk_rows": np.full(total, total, np.int64),
+               "row": np.arange(total, dtype=np.int64), **out}
 
 
 class LabelWindows:
@@ -209,7 +218,8 @@ class LabelWindows:
 class WriteChunks:
     """Aggregates each chunk once all its rows have arrived and writes its part files.
 
-    Returns one row per chunk written: ``chunk_id``, ``files``, ``errors``.
+    A row delivered twice (by a retried task) is kept once. Returns one row per
+    chunk written: ``chunk_id``, ``files``, ``errors``.
     """
 
     def __init__(self, out_dir: str, model_id: str, feature_hash: str):
@@ -235,9 +245,12 @@ class WriteChunks:
             with self.lock:
                 have = self.pending.setdefault(chunk_id, [])
                 have.append(rows)
-                if sum(len(part) for part in have) < rows["chunk_rows"][0].as_py():
+                complete = pa.concat_tables(have)
+                _, first = np.unique(complete["row"].to_numpy(), return_index=True)
+                if len(first) < rows["chunk_rows"][0].as_py():
                     continue
-                complete = pa.concat_tables(self.pending.pop(chunk_id))
+                del self.pending[chunk_id]
+            complete = complete.take(first)
             files, errors = self._write(chunk_id, complete)
             for name, value in (("chunk_id", chunk_id), ("files", files), ("errors", errors)):
                 written[name].append(value)
@@ -399,11 +412,40 @@ def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]
 
 
 # ---------------------------------------------------------------------------------------- run
-def run(args: argparse.Namespace) -> int:
-    """Run ``msc infer``: list, label the chunks not yet done, assemble, print the summary."""
+def label_chunks(pending: list[dict], *, args: argparse.Namespace, config, limits, model_dir: str,
+                 model_id: str) -> None:
+    """Run the pipeline once over ``pending`` chunks (``{"chunk_id", "paths"}``) on the connected cluster.
+
+    Chunks whose rows were lost (a writer actor restarted after its node died)
+    simply stay without a predictions part; :func:`run` runs them again.
+    """
     import ray
 
-    from jobs.raylib import init_ray
+    resources = ray.cluster_resources()
+    plan = plan_resources(cpus=resources.get("CPU", 1), gpus=resources.get("GPU", 0),
+                          gpus_per_actor=args.num_gpus, node_cpus=largest_node_cpus())
+    log.info("resources %s -> %s", resources, plan)
+    dataset = (
+        ray.data.from_items(pending, override_num_blocks=len(pending))
+        .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus,
+                     fn_kwargs={"config": config, "limits": limits, "isolate": not args.no_isolation})
+        .map_batches(LabelWindows, batch_size=None, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                     num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
+                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": args.batch_size})
+        .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
+                     compute=ray.data.ActorPoolStrategy(size=1),
+                     fn_constructor_kwargs={"out_dir": args.out, "model_id": model_id, "feature_hash": config.hash})
+    )
+    finished = 0
+    for summary in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        finished += len(summary)
+        log.info("%d/%d chunks labelled", finished, len(pending))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``msc infer``: list, label the chunks not yet done (again while some are lost), assemble, summarize."""
+    import ray
+
     from msc_core.errors import InputError, MscError
     from msc_core.labelling import DEFAULT_MODEL_DIR, load_model
     from msc_core.shards import resolve_filesystem
@@ -422,32 +464,19 @@ def run(args: argparse.Namespace) -> int:
     open_manifest(filesystem, root, sources=args.sources, chunk_files=args.chunk_files,
                   metadata=manifest_metadata(sources=args.sources, model_id=model.model_id, config=config,
                                              max_windows=limits.max_windows))
-    done = done_chunks(filesystem, root)
-    pending = [{"chunk_id": chunk_id, "paths": paths} for chunk_id, paths in iter_manifest(filesystem, root)
-               if chunk_id not in done]
-    log.info("%d chunks already labelled, %d to do", len(done), len(pending))
-    if pending:
+    for attempt in range(PIPELINE_ATTEMPTS):
+        done = done_chunks(filesystem, root)
+        pending = [{"chunk_id": chunk_id, "paths": paths} for chunk_id, paths in iter_manifest(filesystem, root)
+                   if chunk_id not in done]
+        log.info("%d chunks already labelled, %d to do", len(done), len(pending))
+        if not pending:
+            break
         init_ray(args.address, num_cpus=args.num_cpus)
-        resources = ray.cluster_resources()
-        plan = plan_resources(cpus=resources.get("CPU", 1), gpus=resources.get("GPU", 0),
-                              gpus_per_actor=args.num_gpus)
-        log.info("resources %s -> %s", resources, plan)
-        dataset = (
-            ray.data.from_items(pending, override_num_blocks=len(pending))
-            .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus,
-                         fn_kwargs={"config": config, "limits": limits, "isolate": not args.no_isolation})
-            .map_batches(LabelWindows, batch_size=None, compute=ray.data.ActorPoolStrategy(size=plan.actors),
-                         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-                         fn_constructor_kwargs={"model_dir": model_dir, "batch_size": args.batch_size})
-            .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
-                         compute=ray.data.ActorPoolStrategy(size=1),
-                         fn_constructor_kwargs={"out_dir": args.out, "model_id": model.model_id,
-                                                "feature_hash": config.hash})
-        )
-        finished = 0
-        for summary in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            finished += len(summary)
-            log.info("%d/%d chunks labelled", finished, len(pending))
+        try:
+            label_chunks(pending, args=args, config=config, limits=limits, model_dir=model_dir,
+                         model_id=model.model_id)
+        except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block
+            log.warning("attempt %d of %d failed: %s", attempt + 1, PIPELINE_ATTEMPTS, str(error).splitlines()[0])
     missing = len(list(iter_manifest(filesystem, root))) - len(done_chunks(filesystem, root))
     if missing:
         raise MscError(f"{missing} chunks have no output; rerun the same command to finish them")

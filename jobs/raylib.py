@@ -40,3 +40,10 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def largest_node_cpus() -> float:
+    """CPUs of the largest alive node of the connected cluster (at least 1)."""
+    import ray
+
+    return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1) or 1

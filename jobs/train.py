@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from jobs.raylib import add_ray_arguments, cluster_cpus, init_ray
+from jobs.raylib import add_ray_arguments, cluster_cpus, init_ray, largest_node_cpus
 from msc_core.errors import InputError
 from msc_core.training import TrainSettings
 
@@ -202,10 +202,7 @@ def cpus_per_worker(workers: int) -> int:
     TensorFlow's kernels are multi-threaded; Ray limits a worker's threads to the
     CPUs it reserves, so one worker on a 2-CPU machine should reserve both.
     """
-    import ray
-
-    largest_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
-    return int(max(1, min(cluster_cpus() // workers, largest_node)))
+    return int(max(1, min(cluster_cpus() // workers, largest_node_cpus())))
 
 
 def _worker_loop(loop_config: dict) -> None:

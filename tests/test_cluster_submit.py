@@ -10,36 +10,24 @@ what start.sh started, and the test checks none of those processes is left.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from scripts.local_cluster import RAY, local_cluster
 from tests.conftest import REPO, write_audio
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-START = REPO / "cluster" / "local" / "start.sh"
-STOP = REPO / "cluster" / "local" / "stop.sh"
 RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
-BIN = Path(sys.executable).parent
-RAY = BIN / "ray"
 FILES_PER_CLASS = 8
 SPLIT = "60/20/20"
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def session_processes(sids: set[int]) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,comm="], capture_output=True, text=True, check=True).stdout
-    return [line.strip() for line in out.splitlines() if int(line.split()[1]) in sids]
 
 
 @pytest.fixture(scope="module")
@@ -47,35 +35,11 @@ def cluster():
     """A head + 1 worker node, 2 logical CPUs each; yields the client environment."""
     if not RAY.exists():
         pytest.skip(f"no ray CLI beside {sys.executable}")
-    # Short path: Ray puts unix sockets under it.
-    state = Path(tempfile.mkdtemp(prefix="msc-ray-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER", "MSC_RAY"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MSC_RAY_BIN=str(RAY), MSC_RAY_WORKERS="1",
-               MSC_RAY_HEAD_CPUS="2", MSC_RAY_WORKER_CPUS="2", MSC_RAY_OBJECT_STORE_BYTES=str(512 * 2**20))
-    started = time.monotonic()
-    result = subprocess.run([str(START), str(state)], env=env, capture_output=True, text=True, timeout=300)
-    print(result.stdout, result.stderr, f"start.sh took {time.monotonic() - started:.1f}s", sep="\n")
-    sids = {int(p.read_text()) for p in state.glob("n*.sid")}
-    try:
-        assert result.returncode == 0, result.stderr
-        assert len(sids) == 2, f"expected a head and a worker session, got {sids}"
-        client = dict(env)
-        for line in (state / "cluster.env").read_text().splitlines():
-            if line.startswith("export "):
-                key, value = line.removeprefix("export ").split("=", 1)
-                client[key] = shlex.split(value)[0]
+    with local_cluster(head_cpus=2, worker_cpus=2) as running:
+        assert len(running.sids) == 2, f"expected a head and a worker session, got {running.sids}"
+        client = running.env
         assert client["RAY_AUTH_MODE"] == "token" and Path(client["RAY_AUTH_TOKEN_PATH"]).is_file()
         yield client
-    finally:
-        started = time.monotonic()
-        stop = subprocess.run([str(STOP), str(state), "--purge"], env=env, capture_output=True, text=True,
-                              timeout=180)
-        print(stop.stdout, stop.stderr, f"stop.sh took {time.monotonic() - started:.1f}s", sep="\n")
-        left = session_processes(sids)
-        shutil.rmtree(state, ignore_errors=True)
-        assert stop.returncode == 0, stop.stderr
-        assert not left, f"stop.sh left processes of the cluster: {left}"
 
 
 def ray_cli(client: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
