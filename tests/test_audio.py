@@ -197,12 +197,15 @@ def test_long_file_is_read_in_blocks(tmp_path):
 def test_three_hour_file_keeps_memory_bounded(tmp_path):
     seconds = 3 * 3600
     path = write_long_wav(tmp_path / "three_hours.wav", seconds)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so it would report this
+    # (pytest) process's size when that is larger; VmHWM belongs to the new program's memory only.
     script = textwrap.dedent(f"""
-        import resource
+        import re
         from msc_core.audio import read_windows
         from msc_core.config import PAPER
         windows = sum(len(batch.start_s) for batch in read_windows({str(path)!r}, PAPER))
-        print(windows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        status = open("/proc/self/status").read()
+        print(windows, re.search(r"VmHWM:\\s*(\\d+) kB", status).group(1))
     """)
     output = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     windows, max_rss_kb = map(int, output.split())
