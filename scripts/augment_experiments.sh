@@ -13,7 +13,7 @@ WORK=$(cd "${1:-runs}" && pwd)
 OUT=$WORK/augment
 WIDTHS=${WIDTHS:-8,16,32}
 EPOCHS=${EPOCHS:-4}
-VARIANTS=${VARIANTS:-"band noise shift band,noise,shift"}
+VARIANTS=${VARIANTS:-"band noise band,noise,shift"}   # time shift alone was not run (budget)
 mkdir -p "$OUT"
 
 train() {   # train SHARDS MODEL_DIR EPOCHS
