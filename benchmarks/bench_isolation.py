@@ -43,16 +43,22 @@ from bench_featurize import single_process, write_archive  # noqa: E402
 from msc_core.isolation import ChildProcess, shared_child  # noqa: E402
 from msc_core.labelling import warm_up  # noqa: E402
 
+# Peaks are VmHWM (kB), not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a process
+# started by a larger one (this benchmark) would report its parent's size instead of its own.
 PEAK_RSS = textwrap.dedent("""
-    import resource, sys
+    import re, sys
     from msc_core.isolation import ChildProcess
     from msc_core.labelling import featurize_file, warm_up
+
+    def peak_kb(pid="self"):
+        return int(re.search(r"VmHWM:\\s*(\\d+) kB", open(f"/proc/{pid}/status").read()).group(1))
+
     child = ChildProcess(warm_up=warm_up) if sys.argv[2] == "isolated" else None
     features = featurize_file(sys.argv[1], child=child)
+    child_kb = peak_kb(child.pid) if child else 0
     if child:
         child.close()
-    print(len(features.codes), features.codes.nbytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(len(features.codes), features.codes.nbytes, peak_kb(), child_kb)
 """)
 
 
