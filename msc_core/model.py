@@ -38,6 +38,7 @@ import numpy as np
 from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_features
 from .depth import COLORMAP_SIZE, depth_tables
 from .errors import ModelLoadError
+from .shards import atomic_output
 from .sources import is_uri
 from .storage import local_dir
 
@@ -360,9 +361,8 @@ def set_temperature(path: str | os.PathLike, *, temperature: float, fitted_on: M
     metadata_path = Path(path) / METADATA_FILE
     metadata = json.loads(metadata_path.read_text())
     metadata["calibration"] = {"temperature": float(temperature), "fitted_on": dict(fitted_on)}
-    staging = metadata_path.with_name(f".{METADATA_FILE}.tmp")
-    staging.write_text(json.dumps(metadata, indent=1))
-    os.replace(staging, metadata_path)
+    with atomic_output(str(metadata_path.resolve())) as sink:
+        sink.write(json.dumps(metadata, indent=1).encode())
 
 
 def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | None = None) -> MscModel:

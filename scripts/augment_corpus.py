@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from msc_core.audio import load_audio  # noqa: E402
 from msc_core.augment import KINDS, augment_clip  # noqa: E402
 from msc_core.config import PAPER  # noqa: E402
+from msc_core.shards import atomic_output  # noqa: E402
 
 
 def clip_seed(path: str, copy: int, seed: int) -> int:
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if number % 200 == 0:
             print(f"{number}/{len(train)} train clips augmented", flush=True)
     out = pd.concat([table.assign(augmentation=""), pd.DataFrame(copies)], ignore_index=True)
-    out.to_csv(Path(args.out) / "manifest.csv", index=False)
+    with atomic_output(str((Path(args.out) / "manifest.csv").resolve())) as sink:  # its presence means "done"
+        sink.write(out.to_csv(index=False).encode())
     print(f"{len(copies)} augmented copies of {len(train)} train clips ({'+'.join(kinds)}); "
           f"manifest {Path(args.out) / 'manifest.csv'}")
     return out
