@@ -34,6 +34,7 @@ from msc_core.training import TrainSettings
 log = logging.getLogger(__name__)
 
 RUN_NAME = "msc-train"
+CHECKPOINT_INDEX = "checkpoint_manager_snapshot.json"  # Ray Train's list of finished checkpoints, in RUN_NAME/
 
 
 def parse_widths(text: str) -> tuple[int, int, int]:
@@ -149,6 +150,13 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     earlier_run = filesystem.get_file_info(f"{inner}/{RUN_NAME}").type != FileType.NotFound
     if resume and not earlier_run:
         raise InputError(f"nothing to resume: no run in {storage_path}")
+    if resume:
+        epochs = finished_checkpoints(storage_path)
+        if epochs:
+            log.info("resuming the run in %s after epoch %d", storage_path, epochs[-1])
+        else:
+            log.warning("the run in %s stopped before its first checkpoint was finished: "
+                        "training starts again from epoch 1", storage_path)
     if not resume and earlier_run:
         raise InputError(f"{storage_path}/{RUN_NAME} holds an earlier run; pass --resume to continue it or delete it")
     if workers < 1:
@@ -194,6 +202,29 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         write_history(progress.history, local_out)
         evaluate_shards(saved, paths, split="test").write(local_out)
     return saved
+
+
+def finished_checkpoints(storage_path: str) -> list[int]:
+    """Epochs (ascending) of the checkpoints Ray Train has finished and listed under ``storage_path``.
+
+    A checkpoint directory can exist before it is listed (while it uploads);
+    a resume or a restart after a failure starts from the last listed one.
+    A list caught mid-write counts as empty.
+    """
+    from pyarrow.fs import FileType
+
+    from msc_core.shards import resolve_filesystem
+
+    filesystem, inner = resolve_filesystem(storage_path)
+    index = f"{inner}/{RUN_NAME}/{CHECKPOINT_INDEX}"
+    if filesystem.get_file_info(index).type == FileType.NotFound:
+        return []
+    with filesystem.open_input_stream(index) as stream:
+        try:
+            snapshot = json.loads(stream.read())
+        except json.JSONDecodeError:
+            return []
+    return sorted(result["metrics"]["epoch"] for result in snapshot["checkpoint_results"])
 
 
 def cpus_per_worker(workers: int) -> int:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_training import SMALL_WIDTHS, write_synthetic_shards
 
+from jobs.train import finished_checkpoints
 from scripts.local_cluster import RAY, local_cluster
 from tests.conftest import REPO, write_audio
 
@@ -147,14 +148,13 @@ def test_training_resumes_after_a_worker_is_killed(cluster, tmp_path):
                            "--widths", ",".join(map(str, SMALL_WIDTHS)), "--max-failures", "2")
 
     def kill_a_train_worker() -> None:
-        time.sleep(6)  # Ray Train's controller polls reports every 2 s: let it register the checkpoint
         workers = [(pid, command) for pid, command in cluster.processes()
                    if command.startswith("ray::") and "RayTrainWorker" in command]
         assert workers, cluster.processes()
         os.kill(workers[-1][0], signal.SIGKILL)
         print(f"train worker {workers[-1]} killed at {time.strftime('%X')}")
 
-    wait_then(process, lambda: any(storage.glob("msc-train/checkpoint_*")), kill_a_train_worker)
+    wait_then(process, lambda: finished_checkpoints(str(storage)), kill_a_train_worker)
     code, output = finish(process)
     print(f"training with a worker killed: {time.monotonic() - started:.1f} s")
     assert code == 0, output[-5000:]

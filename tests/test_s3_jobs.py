@@ -97,7 +97,7 @@ def test_infer_and_predict_from_and_to_s3(s3_server, model_dir, tmp_path):
 
 
 def test_train_from_and_to_s3_with_resume(s3_server, tmp_path, monkeypatch):
-    from jobs.train import train
+    from jobs.train import finished_checkpoints, train
     from msc_core.errors import InputError
     from msc_core.training import TrainSettings
 
@@ -112,15 +112,14 @@ def test_train_from_and_to_s3_with_resume(s3_server, tmp_path, monkeypatch):
     command = [sys.executable, "-m", "jobs.train", "s3://training/data", "--out", "s3://training/model",
                "--workers", "1", "--epochs", "3", "--widths", ",".join(map(str, SMALL_WIDTHS)), "--num-cpus", "2"]
 
-    # Killed once its first checkpoint is in the bucket ...
+    # Killed once its first checkpoint is finished in the bucket ...
     process = subprocess.Popen(command, cwd=REPO, env=s3_server.env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not any("checkpoint_" in key for key in bucket.find("training/model.ray")):
+        while not finished_checkpoints("s3://training/model.ray"):  # listed, so a resume starts from it
             assert process.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
             time.sleep(0.5)
-            bucket.invalidate_cache()
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -28,13 +28,13 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def epoch_hook(record_dir: Path, *, kill_rank: int | None = None, kill_epoch: int | None = None,
-               fail_epoch: int | None = None):
+               fail_epoch: int | None = None, storage: Path | None = None):
     """A per-worker ``on_epoch_end`` hook (pickled by value to the Ray workers).
 
     Writes ``rank<r>-epoch<e>.sha``, a sha256 of the worker's weights; kills
-    worker ``kill_rank`` with SIGKILL after epoch ``kill_epoch``'s checkpoint, or
-    raises on every worker after epoch ``fail_epoch``, each only once
-    (a marker file remembers it).
+    worker ``kill_rank`` with SIGKILL once epoch ``kill_epoch``'s checkpoint is
+    listed as finished in ``storage``, or raises on every worker after epoch
+    ``fail_epoch``, each only once (a marker file remembers it).
     """
     def hook(end) -> None:
         import hashlib
@@ -42,13 +42,17 @@ def epoch_hook(record_dir: Path, *, kill_rank: int | None = None, kill_epoch: in
         import signal
         import time
 
+        from jobs.train import finished_checkpoints
+
         digest = hashlib.sha256()
         for weight in end.model.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         (record_dir / f"rank{end.rank}-epoch{end.progress.epoch}.sha").write_text(digest.hexdigest())
         if end.progress.epoch == kill_epoch and end.rank == kill_rank and not (record_dir / "killed").exists():
             (record_dir / "killed").write_text(str(os.getpid()))
-            time.sleep(5)    # Ray Train's controller polls reports every 2 s: let it register this checkpoint
+            deadline = time.monotonic() + 120
+            while kill_epoch not in finished_checkpoints(str(storage)) and time.monotonic() < deadline:
+                time.sleep(0.2)
             os.kill(os.getpid(), signal.SIGKILL)
         if end.progress.epoch == fail_epoch and not (record_dir / f"failed-{end.rank}").exists():
             (record_dir / f"failed-{end.rank}").write_text("")
@@ -107,7 +111,7 @@ def test_killed_worker_restarts_from_checkpoint_and_resume(ray_local, dataset, t
         train(str(dataset), out, settings, workers=2)
     # --resume continues from epoch 2; a worker killed after epoch 3 makes Ray restart from that checkpoint.
     train(str(dataset), out, settings, workers=2, max_failures=1, resume=True,
-          on_epoch_end=epoch_hook(tmp_path, kill_rank=1, kill_epoch=3))
+          on_epoch_end=epoch_hook(tmp_path, kill_rank=1, kill_epoch=3, storage=tmp_path / "model.ray"))
     assert (tmp_path / "killed").exists()
     extra = json.loads((Path(out) / "model.json").read_text())["extra"]
     assert extra["resumed_at"] == [2, 3] and extra["epochs_run"] == 4
