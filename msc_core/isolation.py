@@ -5,9 +5,10 @@ call (a read blocked on a stalled server or a FIFO, a loop in a C library).
 :class:`ChildProcess` runs such work in a long-lived Python child instead: the
 parent sends a generator function and its arguments, receives the items it
 yields one by one (so nothing large is held twice), and waits for each with
-the call's deadline. Starting the child, and its optional ``warm_up`` (e.g.
-importing and caching what the work needs), do not count against that
-deadline. A call that overruns kills the child (SIGKILL) and raises
+the call's deadline, even part-way through an item (a child stopped or stuck
+while sending cannot hold the parent). Starting the child, and its optional
+``warm_up`` (e.g. importing and caching what the work needs), do not count
+against that deadline. A call that overruns kills the child (SIGKILL) and raises
 :class:`~msc_core.errors.ChildProcessFailed`; so does a child that dies. The
 next call starts a fresh child. Only functions importable by name can be sent.
 
@@ -20,8 +21,11 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
+import math
 import os
 import pickle
+import select
+import struct
 import subprocess
 import sys
 import threading
@@ -34,6 +38,7 @@ from .errors import ChildProcessFailed, MscError
 
 ORPHAN_CHECK_S = 1.0
 START_TIMEOUT_S = 300.0
+_REPLY_HEADER = struct.Struct("!Q")  # each reply: its pickle's length in bytes, then the pickle
 
 
 class ChildProcess:
@@ -52,7 +57,7 @@ class ChildProcess:
         self._warm_up = f"{warm_up.__module__}:{warm_up.__qualname__}" if warm_up else ""
         self._process: subprocess.Popen | None = None
         self._requests: Connection | None = None
-        self._replies: Connection | None = None
+        self._replies: int | None = None  # file descriptor of the reply pipe
 
     def __enter__(self) -> "ChildProcess":
         return self
@@ -82,10 +87,10 @@ class ChildProcess:
         finished = False
         try:
             while True:
-                if not self._replies.poll(max(0.0, deadline - time.monotonic())):
-                    raise ChildProcessFailed(f"took longer than {timeout_s:g} s; killed", timed_out=True)
                 try:
-                    kind, value = self._replies.recv()
+                    kind, value = _receive(self._replies, deadline)
+                except TimeoutError:
+                    raise ChildProcessFailed(f"took longer than {timeout_s:g} s; killed", timed_out=True) from None
                 except (EOFError, OSError):
                     code = self._process.wait()
                     raise ChildProcessFailed(f"process died (exit code {code})", timed_out=False) from None
@@ -107,7 +112,7 @@ class ChildProcess:
         self._process.kill()
         self._process.wait()
         self._requests.close()
-        self._replies.close()
+        os.close(self._replies)
         self._process = self._requests = self._replies = None
 
     def start(self) -> None:
@@ -132,10 +137,10 @@ class ChildProcess:
             os.close(request_read)
             os.close(reply_write)
         self._requests = Connection(request_write, readable=False)
-        self._replies = Connection(reply_read, writable=False)
+        self._replies = reply_read
         try:
-            ready = self._replies.poll(START_TIMEOUT_S) and self._replies.recv() == ("ready", None)
-        except (EOFError, OSError):
+            ready = _receive(self._replies, time.monotonic() + START_TIMEOUT_S) == ("ready", None)
+        except (TimeoutError, EOFError, OSError):
             ready = False
         if not ready:
             self.close()
@@ -151,12 +156,50 @@ def shared_child(*, warm_up: Callable[[], object] | None = None) -> ChildProcess
     return child
 
 
-def _serve(requests: Connection, replies: Connection, warm_up: str) -> None:
+def _send(fd: int, reply: tuple[str, Any]) -> None:
+    """Write one reply to the pipe ``fd`` (pickled whole first, so a pickling error writes nothing)."""
+    data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+    for part in (_REPLY_HEADER.pack(len(data)), data):
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _receive(fd: int, deadline: float) -> tuple[str, Any]:
+    """Read one reply from the pipe ``fd``, all of it before ``deadline`` (``time.monotonic()`` seconds).
+
+    Raises
+    ------
+    TimeoutError
+        The deadline passed, possibly part-way through the reply.
+    EOFError
+        The writing end closed (the child is gone).
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
+    def read_exactly(size: int) -> bytearray:
+        buffer = bytearray(size)
+        view, received = memoryview(buffer), 0
+        while received < size:
+            if not poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000))):
+                raise TimeoutError
+            count = os.readv(fd, [view[received:]])
+            if not count:
+                raise EOFError
+            received += count
+        return buffer
+
+    (size,) = _REPLY_HEADER.unpack(read_exactly(_REPLY_HEADER.size))
+    return pickle.loads(read_exactly(size))
+
+
+def _serve(requests: Connection, replies: int, warm_up: str) -> None:
     """The child's loop: warm up, say so, then run each request and send its items, then its end or error."""
     if warm_up:
         module, _, name = warm_up.partition(":")
         getattr(importlib.import_module(module), name)()
-    replies.send(("ready", None))
+    _send(replies, ("ready", None))
     while True:
         try:
             function, args, kwargs = requests.recv()
@@ -164,14 +207,14 @@ def _serve(requests: Connection, replies: Connection, warm_up: str) -> None:
             return
         try:
             for item in function(*args, **kwargs):
-                replies.send(("item", item))
+                _send(replies, ("item", item))
         except Exception as error:  # any failure goes back to the caller, as itself when it pickles
             try:
-                replies.send(("error", error))
+                _send(replies, ("error", error))
             except (pickle.PicklingError, TypeError, AttributeError):
-                replies.send(("error", MscError(f"{type(error).__name__}: {error}")))
+                _send(replies, ("error", MscError(f"{type(error).__name__}: {error}")))
         else:
-            replies.send(("end", None))
+            _send(replies, ("end", None))
 
 
 def _exit_when_orphaned() -> None:
@@ -183,4 +226,4 @@ def _exit_when_orphaned() -> None:
 
 if __name__ == "__main__":
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
-    _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False), sys.argv[3])
+    _serve(Connection(int(sys.argv[1]), writable=False), int(sys.argv[2]), sys.argv[3])

@@ -201,3 +201,13 @@ def write_long_wav(path: Path, seconds: float, *, sample_rate: int = 8000, block
             tone = 0.3 * np.sin(2 * np.pi * (220 + 20 * (start // block % 12)) * t)
             sink.write(tone + 0.01 * rng.standard_normal(len(t)))
     return path
+
+
+def small_then_large_reply(size: int) -> Iterator[bytes]:
+    """Work for a :class:`~msc_core.isolation.ChildProcess`: yields ``b"small"``, then ``size`` zero bytes.
+
+    A parent that pauses after the first item leaves the child blocked part-way
+    through writing the second into the full pipe.
+    """
+    yield b"small"
+    yield bytes(size)

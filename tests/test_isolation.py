@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from msc_core.audio import DecodeLimits
-from msc_core.errors import AudioDecodeError
+from msc_core.errors import AudioDecodeError, ChildProcessFailed
 from msc_core.isolation import ChildProcess
 from msc_core.labelling import featurize_file, warm_up, window_config
 from tests.conftest import write_audio
-from tests.hostile import hanging_uris
+from tests.hostile import hanging_uris, small_then_large_reply
 
 CONFIG = window_config("all")
 
@@ -83,6 +83,20 @@ def test_hung_decoders_are_killed_at_the_limit_and_the_next_file_works(child, go
             assert len(featurize_file(good, CONFIG, child=child, limits=limits).start_s) == 2
 
 
+def test_a_child_stopped_part_way_through_a_reply_is_killed_at_the_deadline():
+    with ChildProcess() as child:
+        replies = child.stream(small_then_large_reply, 64 << 20, timeout_s=3.0)
+        assert next(replies) == b"small"
+        time.sleep(0.5)  # the child is now blocked writing the large item into the full pipe
+        os.kill(child.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(ChildProcessFailed, match="took longer than 3 s") as caught:
+            next(replies)
+        assert caught.value.timed_out and time.monotonic() - started < 10
+        assert child.pid is None
+        assert list(child.stream(small_then_large_reply, 10, timeout_s=60)) == [b"small", bytes(10)]
+
+
 def test_a_child_that_dies_fails_only_its_file(child, good, tmp_path):
     child.start()
     killer = threading.Timer(1.0, os.kill, (child.pid, signal.SIGKILL))
@@ -98,7 +112,7 @@ def test_a_hung_child_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parents[1])!r})
-        from tests.hostile import hanging_uris
+        from tests.hostile import hanging_uris, small_then_large_reply
         from msc_core.isolation import ChildProcess
         from msc_core.labelling import featurize_file
         child = ChildProcess()
