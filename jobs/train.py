@@ -137,7 +137,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
 
     from msc_core.config import LABELS
     from msc_core.evaluation import evaluate_shards, write_history
-    from msc_core.model import build_model, save_model_dir
+    from msc_core.model import METADATA_FILE, build_model, save_model_dir
     from msc_core.shards import list_shards, resolve_filesystem
     from msc_core.sources import is_uri
     from msc_core.storage import exists, output_dir
@@ -193,7 +193,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     model = build_model(plan.config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum)
     model.set_weights(final.best_accuracy)
     progress = final.progress
-    with output_dir(out) as local_out:
+    with output_dir(out, last=METADATA_FILE) as local_out:  # model.json last: a URI model is whole once it is there
         saved = save_model_dir(model, plan.config, local_out, source="trained", extra={
             "shards": shards, "settings": dataclasses.asdict(settings), "workers": workers,
             "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,

@@ -32,11 +32,19 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def upload_dir(local_dir: str | os.PathLike, target: str) -> None:
-    """Copy the files of ``local_dir`` (recursively) to ``target`` (local path or URI)."""
+def upload_dir(local_dir: str | os.PathLike, target: str, *, last: str | None = None) -> None:
+    """Copy the files of ``local_dir`` (recursively) to ``target`` (local path or URI).
+
+    ``last`` names a top-level file copied only after all the others, so that
+    its presence at ``target`` means the copy is complete.
+    """
     filesystem, inner = resolve_filesystem(target)
-    pafs.copy_files(os.fspath(local_dir), inner, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=filesystem)
+    local_dir = os.fspath(local_dir)
+    names = sorted(os.listdir(local_dir), key=lambda name: (name == last, name))
+    filesystem.create_dir(inner)
+    for name in names:
+        pafs.copy_files(os.path.join(local_dir, name), f"{inner}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=filesystem)
 
 
 @contextlib.contextmanager
@@ -60,11 +68,12 @@ def local_dir(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def output_dir(target: str) -> Iterator[str]:
+def output_dir(target: str, *, last: str | None = None) -> Iterator[str]:
     """A local directory to build ``target`` in: ``target`` itself, or a temporary one uploaded to a URI.
 
-    The upload happens only when the block succeeds; it is not atomic (object stores
-    have no directory rename), so callers check :func:`exists` before building.
+    The upload happens only when the block succeeds, with the file ``last``
+    after all others (object stores have no directory rename, so that file
+    marks a complete upload); callers check :func:`exists` before building.
     """
     if not is_uri(target):
         yield target
@@ -72,4 +81,4 @@ def output_dir(target: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="msc-out-") as scratch:
         local = os.path.join(scratch, os.path.basename(target.rstrip("/")) or "out")
         yield local
-        upload_dir(local, target)
+        upload_dir(local, target, last=last)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,3 +145,28 @@ def test_train_from_and_to_s3_with_resume(s3_server, tmp_path, monkeypatch):
     assert np.isfinite(history["val_loss"]).all()
     with pytest.raises(InputError, match="already exists"):  # a finished model URI is never overwritten
         train("s3://training/data", "s3://training/model", TrainSettings())
+
+
+def test_a_model_uploaded_to_s3_is_loadable_only_once_whole(s3_server, model_dir, tmp_path, monkeypatch):
+    from msc_core.errors import ModelLoadError
+    from msc_core.model import METADATA_FILE, load_model_dir
+    from msc_core.storage import output_dir
+
+    for key, value in s3_server.env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    s3_server.bucket.mkdir("uploads")
+    # An upload that fails part-way (a file vanishes) leaves model.json out, so the prefix is no model ...
+    with pytest.raises(OSError):
+        with output_dir("s3://uploads/broken", last=METADATA_FILE) as local:
+            shutil.copytree(model_dir, local)
+            os.symlink(tmp_path / "gone", os.path.join(local, "zz-vanished"))
+    s3_server.bucket.invalidate_cache()
+    assert s3_server.bucket.exists("uploads/broken/model.keras")
+    assert not s3_server.bucket.exists(f"uploads/broken/{METADATA_FILE}")
+    with pytest.raises(ModelLoadError, match=f"missing {METADATA_FILE}"):
+        load_model_dir("s3://uploads/broken")
+    # ... and a whole one loads.
+    with output_dir("s3://uploads/whole", last=METADATA_FILE) as local:
+        shutil.copytree(model_dir, local)
+    assert load_model_dir("s3://uploads/whole").model_id == load_model_dir(model_dir).model_id
