@@ -26,6 +26,14 @@ from tests.conftest import REPO, write_audio
 KINDS = ("music", "speech")
 
 
+@pytest.fixture
+def s3_env_here(s3_server, monkeypatch) -> None:
+    """``s3_server``'s AWS_* settings in this process's environment too, for library calls made in the test."""
+    for key, value in s3_server.env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+
+
 def run_job(s3_server, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=s3_server.env, capture_output=True,
                           text=True, timeout=timeout)
@@ -97,14 +105,12 @@ def test_infer_and_predict_from_and_to_s3(s3_server, model_dir, tmp_path):
     assert row["p_music"] == pytest.approx(by_path.loc["s3://labels/in/music/0.wav", "p_music"], abs=1e-5)
 
 
-def test_train_from_and_to_s3_with_resume(s3_server, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("s3_env_here")
+def test_train_from_and_to_s3_with_resume(s3_server, tmp_path):
     from jobs.train import finished_checkpoints, train
     from msc_core.errors import InputError
     from msc_core.training import TrainSettings
 
-    for key, value in s3_server.env.items():  # for the checks made in this process
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
     bucket = s3_server.bucket
     bucket.mkdir("training")
     data = write_synthetic_shards(tmp_path / "data", files=2, splits={"train": 16, "val": 4, "test": 4},
@@ -147,14 +153,12 @@ def test_train_from_and_to_s3_with_resume(s3_server, tmp_path, monkeypatch):
         train("s3://training/data", "s3://training/model", TrainSettings())
 
 
-def test_a_model_uploaded_to_s3_is_loadable_only_once_whole(s3_server, model_dir, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("s3_env_here")
+def test_a_model_uploaded_to_s3_is_loadable_only_once_whole(s3_server, model_dir, tmp_path):
     from msc_core.errors import ModelLoadError
     from msc_core.model import METADATA_FILE, load_model_dir
     from msc_core.storage import output_dir
 
-    for key, value in s3_server.env.items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
     s3_server.bucket.mkdir("uploads")
     # An upload that fails part-way (a file vanishes) leaves model.json out, so the prefix is no model ...
     with pytest.raises(OSError):
