@@ -2,12 +2,13 @@
 # Prepare one cloud VM of an msc Ray cluster (run by the cluster launcher's setup_commands,
 # see cluster/aws.yaml and cluster/gcp.yaml; idempotent, so `ray up` can re-run it).
 #
-#   MSC_RAY_VERSION=2.59.0 MSC_PYTHON_VERSION=3.11 MSC_CLOUD=aws bash ~/msc-cluster/node_setup.sh cpu|gpu
+#   MSC_RAY_VERSION=2.60.0 MSC_PYTHON_VERSION=3.11 MSC_CLOUD=aws bash ~/msc-cluster/node_setup.sh cpu|gpu
 #
 # * a Python $MSC_PYTHON_VERSION virtualenv in ~/msc-venv (made with uv, whatever the image's Python);
-# * ray[default,data,train]==$MSC_RAY_VERSION and the msc wheel from ~/msc-dist (file_mounts from
-#   ./dist on the laptop) with its s3/gcs extras; on `gpu` nodes tensorflow-cpu is swapped for the
-#   CUDA build of TensorFlow;
+# * every dependency from the lock, ~/msc-requirements/runtime.txt (file_mounts from ./requirements,
+#   pinned with hashes), then the msc wheel from ~/msc-dist (file_mounts from ./dist) without
+#   dependencies; the Ray it installed must be $MSC_RAY_VERSION; on `gpu` nodes tensorflow-cpu is
+#   swapped for the CUDA build of the same TensorFlow version;
 # * the cloud SDK the autoscaler needs on the head (boto3 or the Google API client);
 # * ~/.msc-ray/env: PATH, RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=~/.msc-ray/auth_token (the token
 #   itself arrives by file_mounts from the laptop), sourced from ~/.bashrc so every launcher command
@@ -15,7 +16,8 @@
 set -euo pipefail
 
 role=${1:-cpu}
-: "${MSC_RAY_VERSION:?set MSC_RAY_VERSION (the Ray version pyproject.toml pins)}"
+: "${MSC_RAY_VERSION:?set MSC_RAY_VERSION (the Ray version the lock pins)}"
+lock=$HOME/msc-requirements/runtime.txt
 python_version=${MSC_PYTHON_VERSION:-3.11}
 cloud=${MSC_CLOUD:-}
 venv=$HOME/msc-venv
@@ -45,14 +47,17 @@ case $cloud in
     gcp) extra+=("google-api-python-client" "google-auth" "cryptography") ;;
 esac
 
-"$uv" pip install --python "$venv/bin/python" \
-    "ray[default,data,train]==$MSC_RAY_VERSION" "${wheels[0]}[s3,gcs]" "${extra[@]}"
+"$uv" pip install --python "$venv/bin/python" --require-hashes -r "$lock"
+"$uv" pip install --python "$venv/bin/python" --no-deps "${wheels[0]}"
+[[ ${#extra[@]} -eq 0 ]] || "$uv" pip install --python "$venv/bin/python" "${extra[@]}"
+"$venv/bin/python" -c "import ray, sys; sys.exit(0 if ray.__version__ == '$MSC_RAY_VERSION' else
+    f'node_setup.sh: the lock installed Ray {ray.__version__}, the config says $MSC_RAY_VERSION')"
 
 if [[ $role == gpu ]]; then
-    # pyproject installs tensorflow-cpu on x86_64; GPU nodes need the CUDA build in its place
-    # (same version range as pyproject.toml).
+    # The lock installs tensorflow-cpu on x86_64; GPU nodes need the CUDA build of the same version.
+    tf_version=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('tensorflow-cpu'))")
     "$uv" pip uninstall --python "$venv/bin/python" tensorflow-cpu || true
-    "$uv" pip install --python "$venv/bin/python" "tensorflow[and-cuda]>=2.18,<2.22"
+    "$uv" pip install --python "$venv/bin/python" "tensorflow[and-cuda]==$tf_version"
 fi
 
 mkdir -p "$HOME/.msc-ray"

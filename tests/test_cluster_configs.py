@@ -50,6 +50,11 @@ def pins():
     return ray[0].specifier, SpecifierSet(project["requires-python"])
 
 
+def locked_versions() -> dict[str, str]:
+    """{package: version} pinned by requirements/runtime.txt."""
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements" / "runtime.txt").read_text(), re.M))
+
+
 def launcher_commands(config: dict) -> list[str]:
     commands = []
     for key in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
@@ -168,11 +173,12 @@ def declared_versions() -> tuple[dict[str, str], dict[str, str]]:
     dockerfile = (KUBERAY / "Dockerfile").read_text()
     base = re.search(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)", dockerfile)
     ray["Dockerfile base"], python["Dockerfile base"] = base.group(1), f"{base.group(2)}.{base.group(3)}"
-    ray["Dockerfile pip"] = re.search(r"ray\[[^\]]*\]==(\S+?)\"", dockerfile).group(1)
+    ray["Dockerfile check"] = re.search(r"ray.__version__ == '(\S+?)'", dockerfile).group(1)
     return ray, python
 
 
-def test_versions_match_pyproject(pins):
+def test_versions_match_pyproject_and_lock(pins):
+    """The lock is the one source of truth: every config names its Ray and Python versions."""
     ray_spec, python_spec = pins
     ray, python = declared_versions()
     assert len(ray) >= 8 and len(python) >= 6
@@ -181,14 +187,17 @@ def test_versions_match_pyproject(pins):
     ray_version, python_version = next(iter(ray.values())), next(iter(python.values()))
     assert ray_spec.contains(ray_version), f"Ray {ray_version} is outside pyproject's {ray_spec}"
     assert python_spec.contains(f"{python_version}.0"), f"Python {python_version} is outside {python_spec}"
-    assert python_version == "3.11"
+    assert ray_version == locked_versions()["ray"], f"configs say Ray {ray_version}, the lock {locked_versions()['ray']}"
+    assert python_version == (REPO / ".python-version").read_text().strip()
 
 
 def test_cluster_ray_matches_installed_ray():
-    """Job submission needs the same Ray on laptop and cluster: the configs follow the dev env."""
+    """Job submission needs the same Ray on laptop and cluster: installed from the same lock."""
     ray = pytest.importorskip("ray")
     declared = set(declared_versions()[0].values())
-    assert declared == {ray.__version__}, f"configs pin Ray {declared}, this environment has {ray.__version__}"
+    assert declared == {ray.__version__}, (
+        f"configs pin Ray {declared}, this environment has {ray.__version__}: install from the lock "
+        "(bash scripts/setup.sh test)")
 
 
 # --- authentication ----------------------------------------------------------------------------------
