@@ -51,8 +51,10 @@ def normalized_spectrograms(windows: np.ndarray, config: FeatureConfig) -> np.nd
     batch = windows[None] if single else windows
     spectrum = librosa.stft(batch, n_fft=config.n_fft, hop_length=config.hop_length)
     power = np.abs(spectrum) ** 2
-    mel = np.einsum("...ft,mf->...mt", power, _mel_basis(config.sample_rate, config.n_fft, config.n_mels),
-                    optimize=True)
+    basis = _mel_basis(config.sample_rate, config.n_fft, config.n_mels)
+    # One product per window, as librosa computes it for one window: a batched product may take
+    # another BLAS kernel (seen on AMD EPYC) and differ from the single-window path in the last bit.
+    mel = np.stack([np.einsum("ft,mf->mt", window_power, basis, optimize=True) for window_power in power])
     db = _power_to_db_per_window(mel, top_db=config.top_db)
     normalized = _min_max_per_window(db)
     fixed = _fix_frames(normalized, config.frames)
