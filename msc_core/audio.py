@@ -50,11 +50,16 @@ class DecodeLimits:
         Wall-clock seconds allowed for decoding one file.
     max_windows : int
         Most windows taken from one file.
+    min_audio_s : float
+        Fewest seconds of decoded audio a file must hold to be labelled or featurized; a file with
+        less (an empty or near-empty file, or one whose header promises audio that is not there) is
+        an error, never a label made mostly of zero padding.
     """
 
     max_duration_s: float = 12 * 3600.0
     max_decode_s: float = 900.0
     max_windows: int = 20_000
+    min_audio_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,11 @@ class AudioStream:
             if emitted >= limit and buffer_start + len(buffer) - next_start >= max(min_audio, 1):
                 break  # at the limit, and the audio after it would give another window
         end = buffer_start + len(buffer)
+        if emitted == 0 and self.decoded_s < self._limits.min_audio_s:
+            declared = (f" (its header declares {self.info.duration_s:.2f} s)"
+                        if (self.info.duration_s or 0) > self.decoded_s + 0.01 else "")
+            raise AudioDecodeError(self.path, f"only {self.decoded_s:.2f} s of audio{declared}; "
+                                              f"msc needs at least {self._limits.min_audio_s:g} s")
         while next_start < end and emitted < limit:
             audio = end - next_start
             if first_only or emitted == 0 or audio >= min_audio:

@@ -135,7 +135,12 @@ def make_hostile_corpus(directory: Path, *, long_seconds: float | None = None) -
     # odd but valid audio
     sf.write(directory / "wrong_extension.mp3", one_second, 8000, format="FLAC")
     expect["wrong_extension.mp3"] = Expect(windows=1)
-    audio("one_sample.wav", Expect(windows=1), data=np.array([0.5], np.float32))
+    # too little real audio to label (DecodeLimits.min_audio_s): an error, never a label of zero padding
+    audio("one_sample.wav", Expect(reason="only 0.00 s of audio"), data=np.array([0.5], np.float32))
+    raw("eight_samples.wav", wav_header(sample_rate=8000, channels=1, data_bytes=16) + _pcm16(one_second[:8]),
+        Expect(reason="only 0.00 s of audio"))
+    raw("short_of_header.wav", wav_header(sample_rate=8000, channels=1, data_bytes=32000) + _pcm16(one_second[:4000]),
+        Expect(reason="only 0.50 s of audio"))
     audio("dc_only.wav", Expect(windows=1), data=np.full(22050 * 3, 0.25, np.float32))
     audio("digital_silence.wav", Expect(windows=1), data=np.zeros(22050 * 3, np.float32))
     square = np.sign(np.sin(2 * np.pi * 220 * np.arange(22050 * 3) / 22050)).astype(np.float32)
