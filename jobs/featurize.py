@@ -103,7 +103,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"most megabytes of codes per shard (default {DEFAULT_SHARD_MB:g})")
     parser.add_argument("--files-per-task", type=int, default=DEFAULT_FILES_PER_TASK, metavar="K",
                         help=f"files per Ray task (default {DEFAULT_FILES_PER_TASK})")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
     add_ray_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -112,11 +111,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``msc featurize`` from parsed arguments; returns the exit code (0 ok, 1 some files failed)."""
     from msc_core.errors import InputError
     from msc_core.sources import parse_split
+    from msc_core.storage import require_output_dir
 
+    from jobs import console
     from jobs.raylib import init_ray
 
     if args.files_per_task < 1 or args.shard_mb <= 0:
         raise InputError("--files-per-task and --shard-mb must be positive")
+    require_output_dir(args.out)
     config = window_config(args)
     limits = decode_limits(args)
     fractions = parse_split(args.split)
@@ -124,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = featurize_archive(args.sources, out=args.out, config=config, layout=args.layout,
                                  fractions=fractions, seed=args.seed, shard_mb=args.shard_mb,
                                  files_per_task=args.files_per_task, allow_outside=args.allow_outside,
-                                 limits=limits, isolate=not args.no_isolation, progress=not args.quiet)
-    print(summary_line(manifest), flush=True)
+                                 limits=limits, isolate=not args.no_isolation, progress=console.level() > console.QUIET)
+    console.summary(summary_line(manifest))
     return 1 if manifest["errors"] else 0
 
 

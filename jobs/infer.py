@@ -47,6 +47,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from jobs.console import progress, summary
 from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 
@@ -436,10 +437,12 @@ def label_chunks(pending: list[dict], *, args: argparse.Namespace, config, limit
                      compute=ray.data.ActorPoolStrategy(size=1),
                      fn_constructor_kwargs={"out_dir": args.out, "model_id": model_id, "feature_hash": config.hash})
     )
-    finished = 0
-    for summary in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        finished += len(summary)
-        log.info("%d/%d chunks labelled", finished, len(pending))
+    failed = 0
+    with progress(total=sum(len(chunk["paths"]) for chunk in pending), unit="files", desc="infer") as bar:
+        for written in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            failed += sum(written["errors"].to_pylist())
+            bar.update(sum(written["files"].to_pylist()))
+            bar.set_postfix_str(f"{failed} failed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -449,12 +452,14 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.errors import InputError, MscError
     from msc_core.labelling import DEFAULT_MODEL_DIR, load_model
     from msc_core.shards import resolve_filesystem
+    from msc_core.storage import require_output_dir
 
     formats = [name.strip() for name in args.format.split(",") if name.strip()]
     if not formats or set(formats) - {"parquet", "csv"}:
         raise InputError(f"--format takes parquet and/or csv, not {args.format!r}")
     if args.chunk_files < 1 or args.batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
+    require_output_dir(args.out)
     config = window_config(args)
     limits = decode_limits(args)
     model = load_model(args.model)  # checks the model and its features before any work starts
@@ -481,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise MscError(f"{missing} chunks have no output; rerun the same command to finish them")
     counts = assemble(filesystem, root, formats=formats)
-    print(f"msc infer: {counts['files']} files, {counts['ok']} ok ({counts['music']} music, "
+    summary(f"msc infer: {counts['files']} files, {counts['ok']} ok ({counts['music']} music, "
           f"{counts['speech']} speech), {counts['errors']} failed; results in {args.out}")
     return 1 if counts["errors"] else 0
 

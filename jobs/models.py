@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
@@ -37,11 +36,7 @@ def import_paper(args: argparse.Namespace) -> int:
     """Run ``msc models import-paper``."""
     from msc_core.model import import_paper_model
 
-    try:
-        model = import_paper_model(args.paper_dir, args.out)
-    except FileExistsError as error:
-        print(f"msc models import-paper: error: {error}", file=sys.stderr)
-        return 2
+    model = import_paper_model(args.paper_dir, args.out)
     print(f"wrote {args.out}: model {model.model_id} ({model.keras_model.count_params()} parameters, "
           f"features {model.config.hash})")
     return 0
@@ -49,6 +44,7 @@ def import_paper(args: argparse.Namespace) -> int:
 
 def calibrate_model(args: argparse.Namespace) -> int:
     """Run ``msc models calibrate``."""
+    from msc_core.errors import ParameterError
     from msc_core.evaluation import evaluate_shards, expected_calibration_error, fit_temperature, log_loss
     from msc_core.labelling import load_model
     from msc_core.model import apply_temperature, set_temperature
@@ -59,8 +55,7 @@ def calibrate_model(args: argparse.Namespace) -> int:
         print(f"{args.model_dir}: temperature {args.temperature:g}")
         return 0
     if not args.shards:
-        print("msc models calibrate: error: give SHARDS to fit on, or --temperature", file=sys.stderr)
-        return 2
+        raise ParameterError("give SHARDS to fit on, or --temperature")
     raw = load_model(args.model_dir).uncalibrated()
     held_out = evaluate_shards(raw, list_shards(args.shards), split=args.split)
     temperature = fit_temperature(held_out.labels, held_out.p_music)

@@ -25,14 +25,17 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     """Start or join Ray once per process; a no-op when Ray is already initialized."""
     import ray
 
+    from jobs.console import quiet_ray_loggers, ray_init_options
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **ray_init_options())
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **ray_init_options())
     ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_ray_loggers()
 
 
 def cluster_cpus() -> int:

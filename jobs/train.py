@@ -24,11 +24,14 @@ import json
 import logging
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
+from jobs.console import progress
+from jobs.console import summary as summary_line
 from jobs.raylib import add_ray_arguments, cluster_cpus, init_ray, largest_node_cpus
-from msc_core.errors import InputError
+from msc_core.errors import InputError, OutputExistsError
 from msc_core.training import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -124,14 +127,17 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
 
     Raises
     ------
+    OutputExistsError
+        ``out`` exists.
     InputError
-        ``out`` exists, the storage path contradicts ``resume``, the shards lack val or test windows,
+        The storage path contradicts ``resume``, the shards lack val or test windows,
         or they cannot be split over ``workers``.
     ray.train.TrainingFailedError
         Training failed more than ``max_failures`` times (rerun with ``resume``).
     """
     import numpy as np
     import ray.train
+    import ray.util.queue
     from pyarrow.fs import FileType
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -144,7 +150,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     from msc_core.training import Checkpoint, ShardPlan
 
     if exists(out):
-        raise InputError(f"{out} already exists; choose a new model directory")
+        raise OutputExistsError(f"{out} already exists; choose a new model directory")
     storage_path = storage or (f"{out}.ray" if is_uri(out) else str(Path(f"{out}.ray").resolve()))
     filesystem, inner = resolve_filesystem(storage_path)
     earlier_run = filesystem.get_file_info(f"{inner}/{RUN_NAME}").type != FileType.NotFound
@@ -172,10 +178,12 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     class_weights = plan.class_weights() if settings.balance_classes else np.ones(len(LABELS), np.float32)
     log.info("training on %d files, %s train windows per class, %d steps per epoch on each of %d workers",
              len(paths), plan.totals("train").tolist(), steps, workers)
+    epochs_done = ray.util.queue.Queue()  # rank 0 puts each epoch's metrics; the driver shows them
     trainer = TensorflowTrainer(
         _worker_loop,
         train_loop_config={"config": plan.config, "settings": settings, "parts": parts, "steps": steps,
-                           "class_weights": class_weights, "on_epoch_end": on_epoch_end},
+                           "class_weights": class_weights, "on_epoch_end": on_epoch_end,
+                           "epochs_done": epochs_done},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker(workers)}),
         run_config=ray.train.RunConfig(
@@ -184,10 +192,13 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     try:
-        result = trainer.fit()
+        with _EpochProgress(epochs_done, epochs=settings.epochs):
+            result = trainer.fit()
     except ray.train.TrainingFailedError:
         log.error("training failed; its checkpoints stay in %s: rerun with --resume to continue", storage_path)
         raise
+    finally:
+        epochs_done.shutdown()
     with result.checkpoint.as_directory() as directory:
         final = Checkpoint.load(directory)
     model = build_model(plan.config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum)
@@ -225,6 +236,41 @@ def finished_checkpoints(storage_path: str) -> list[int]:
         except json.JSONDecodeError:
             return []
     return sorted(result["metrics"]["epoch"] for result in snapshot["checkpoint_results"])
+
+
+class _EpochProgress:
+    """A progress bar on the driver, one step per epoch, fed by rank 0 through a Ray queue.
+
+    Ray Train's own logs (and the workers' output) reach the console only with ``-v``; this is what
+    the user sees instead: epochs done, ETA, and the last epoch's validation loss and accuracy.
+    """
+
+    def __init__(self, queue, *, epochs: int):
+        self._queue, self._epochs = queue, epochs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _follow(self) -> None:
+        from ray.util.queue import Empty
+
+        with progress(total=self._epochs, unit="epochs", desc="train") as bar:
+            while not self._stop.is_set():
+                try:
+                    metrics = self._queue.get(timeout=1.0)
+                except Empty:
+                    continue
+                except Exception:  # the queue actor is gone (the run is ending): nothing more to show
+                    return
+                bar.update(int(metrics["epoch"]) - bar.n)
+                bar.set_postfix_str(f"val_loss {metrics['val_loss']:.3f}, val_accuracy {metrics['val_accuracy']:.3f}")
 
 
 def cpus_per_worker(workers: int) -> int:
@@ -268,6 +314,7 @@ def _worker_loop(loop_config: dict) -> None:
     def report(end) -> None:
         metrics = {**end.progress.history[-1], "peak_rss_mb": end.peak_rss_mb}
         if rank == 0:
+            loop_config["epochs_done"].put(metrics)
             with tempfile.TemporaryDirectory() as directory:
                 end.checkpoint.save(directory)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
@@ -297,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     model = train(args.shards, args.out, settings_from_args(args), workers=args.workers, use_gpu=args.use_gpu,
                   max_failures=args.max_failures, resume=args.resume, storage=args.storage)
     summary = json.loads(read_bytes(f"{args.out.rstrip('/')}/{EVALUATION_FILE}"))
-    print(f"wrote {args.out}: model {model.model_id}, test accuracy {summary['accuracy']:.3f} "
+    summary_line(f"wrote {args.out}: model {model.model_id}, test accuracy {summary['accuracy']:.3f} "
           f"on {summary['windows']} windows, ROC-AUC {summary['roc_auc']}")
     return 0
 

@@ -57,3 +57,11 @@ class ChildProcessFailed(MscError):
     def __init__(self, message: str, *, timed_out: bool):
         super().__init__(message)
         self.timed_out = timed_out
+
+
+class ParameterError(MscError, ValueError):
+    """An argument or setting outside what msc accepts (a negative temperature, a zero hop, ...)."""
+
+
+class OutputExistsError(MscError, FileExistsError):
+    """An output location is taken by something msc must not overwrite (e.g. ``--out`` names a file)."""

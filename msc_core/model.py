@@ -23,6 +23,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -37,7 +38,7 @@ import numpy as np
 
 from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_features
 from .depth import COLORMAP_SIZE, depth_tables
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OutputExistsError, ParameterError
 from .shards import atomic_output
 from .sources import is_uri
 from .storage import local_dir
@@ -307,7 +308,7 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
 
     Raises
     ------
-    FileExistsError
+    OutputExistsError
         ``out_dir`` already exists.
     ValueError
         ``model`` does not map uint8 codes ``config.encoded_shape`` to (B, 2).
@@ -317,7 +318,7 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
     if problem:
         raise ValueError(f"cannot save this model: {problem}")
     if out_dir.exists():
-        raise FileExistsError(f"{out_dir} already exists; choose a new model directory")
+        raise OutputExistsError(f"{out_dir} already exists; choose a new model directory")
     cnn = model.get_layer("cnn")
     metadata = {
         "model_id": f"{source}-{_weights_digest(model)[:12]}",
@@ -355,9 +356,14 @@ def set_temperature(path: str | os.PathLike, *, temperature: float, fitted_on: M
         From :func:`msc_core.evaluation.fit_temperature`; 1.0 removes calibration.
     fitted_on : Mapping
         JSON-ready facts on the held-out data it was fitted on (shards, split, windows...).
+
+    Raises
+    ------
+    ParameterError
+        A temperature that is not a finite number above 0.
     """
-    if not temperature > 0:
-        raise ValueError(f"a temperature must be positive, not {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ParameterError(f"a temperature must be a finite number above 0, not {temperature}")
     metadata_path = Path(path) / METADATA_FILE
     metadata = json.loads(metadata_path.read_text())
     metadata["calibration"] = {"temperature": float(temperature), "fitted_on": dict(fitted_on)}

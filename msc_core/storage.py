@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
+from .errors import OutputExistsError
 from .shards import resolve_filesystem
 from .sources import is_uri
 
@@ -23,6 +24,19 @@ def exists(path: str) -> bool:
     if filesystem.get_file_info(inner).type != pafs.FileType.NotFound:
         return True
     return is_uri(path) and bool(filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True)))
+
+
+def require_output_dir(path: str) -> None:
+    """Refuse an output directory location that is taken by a file.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` (a local path or URI) exists and is a file.
+    """
+    filesystem, inner = resolve_filesystem(path)
+    if filesystem.get_file_info(inner).type == pafs.FileType.File:
+        raise OutputExistsError(f"{path} is a file; the output must be a directory (new, or msc's own)")
 
 
 def read_bytes(path: str) -> bytes:

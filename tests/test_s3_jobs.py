@@ -108,7 +108,7 @@ def test_infer_and_predict_from_and_to_s3(s3_server, model_dir, tmp_path):
 @pytest.mark.usefixtures("s3_env_here")
 def test_train_from_and_to_s3_with_resume(s3_server, tmp_path):
     from jobs.train import finished_checkpoints, train
-    from msc_core.errors import InputError
+    from msc_core.errors import InputError, OutputExistsError
     from msc_core.training import TrainSettings
 
     bucket = s3_server.bucket
@@ -149,7 +149,7 @@ def test_train_from_and_to_s3_with_resume(s3_server, tmp_path):
     evaluation = json.loads(bucket.cat("training/model/evaluation.json"))
     assert evaluation["windows"] == 2 * 4 and 0 <= evaluation["accuracy"] <= 1
     assert np.isfinite(history["val_loss"]).all()
-    with pytest.raises(InputError, match="already exists"):  # a finished model URI is never overwritten
+    with pytest.raises(OutputExistsError, match="already exists"):  # a finished model URI is never overwritten
         train("s3://training/data", "s3://training/model", TrainSettings())
 
 
