@@ -441,8 +441,8 @@ def label_chunks(pending: list[dict], *, args: argparse.Namespace, config, limit
     with progress(total=sum(len(chunk["paths"]) for chunk in pending), unit="files", desc="infer") as bar:
         for written in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             failed += sum(written["errors"].to_pylist())
+            bar.set_postfix_str(f"{failed} failed", refresh=False)
             bar.update(sum(written["files"].to_pylist()))
-            bar.set_postfix_str(f"{failed} failed")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ left by ``ray start`` never captures a run meant to be local.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
+import signal
+import sys
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +24,23 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                        help="CPUs of the in-process local Ray (default: all); ignored with --address")
 
 
+#: Tries at starting a local Ray: Ray gives its raylet a fixed 30 s to register, which a heavily
+#: loaded machine can miss; a second try usually succeeds.
+LOCAL_START_TRIES = 2
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Start or join Ray once per process; a no-op when Ray is already initialized."""
+    """Start or join Ray once per process; a no-op when Ray is already initialized.
+
+    Raises
+    ------
+    MscError
+        A local Ray did not start in ``LOCAL_START_TRIES`` tries.
+    """
     import ray
 
     from jobs.console import quiet_ray_loggers, ray_init_options
+    from msc_core.errors import MscError
 
     if ray.is_initialized():
         return
@@ -33,9 +48,30 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address:
         ray.init(address=address, **ray_init_options())
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **ray_init_options())
+        for attempt in range(1, LOCAL_START_TRIES + 1):
+            try:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **ray_init_options())
+                break
+            except Exception as error:  # Ray raises a bare Exception when its node misses the start deadline
+                ray.shutdown()
+                if attempt == LOCAL_START_TRIES:
+                    raise MscError(f"a local Ray did not start ({error}); is the machine overloaded? "
+                                   "Rerun the same command") from error
     ray.data.DataContext.get_current().enable_progress_bars = False
     quiet_ray_loggers()
+
+
+def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> concurrent.futures.Future:
+    """Begin :func:`init_ray` in a background thread, so Ray starts while the driver lists and loads.
+
+    Call ``.result()`` before using Ray: it waits, and re-raises what the start raised. Ray sets no
+    SIGTERM handler from a thread, so this installs the one it would (exit at once, with cleanup).
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ray-start")
+    started = pool.submit(init_ray, address, num_cpus=num_cpus)
+    pool.shutdown(wait=False)
+    return started
 
 
 def cluster_cpus() -> int:

@@ -269,8 +269,9 @@ class _EpochProgress:
                     continue
                 except Exception:  # the queue actor is gone (the run is ending): nothing more to show
                     return
+                bar.set_postfix_str(f"val_loss {metrics['val_loss']:.3f}, val_accuracy {metrics['val_accuracy']:.3f}",
+                                    refresh=False)
                 bar.update(int(metrics["epoch"]) - bar.n)
-                bar.set_postfix_str(f"val_loss {metrics['val_loss']:.3f}, val_accuracy {metrics['val_accuracy']:.3f}")
 
 
 def cpus_per_worker(workers: int) -> int:
