@@ -39,11 +39,13 @@ import soundfile as sf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.featurize import chunk_id_of, featurize_archive, featurize_chunk, iter_chunks  # noqa: E402
+from jobs.featurize import featurize_archive, featurize_chunk  # noqa: E402
 from msc_core import synth  # noqa: E402
 from msc_core.config import PAPER  # noqa: E402
+from msc_core.engine import FileRecords, list_entries, plan  # noqa: E402
 from msc_core.isolation import shared_child  # noqa: E402
 from msc_core.labelling import warm_up  # noqa: E402
+from msc_core.sources import iter_items  # noqa: E402
 
 FILES_PER_TASK = 4
 
@@ -79,15 +81,13 @@ def single_process(source: Path, out: Path, *, isolate: bool = True) -> tuple[in
     """
     config_json = PAPER.to_json()
     (out / "shards").mkdir(parents=True)
-    (out / "_chunks").mkdir()
     if isolate:
         shared_child(warm_up=warm_up).start()
     started, windows = time.perf_counter(), 0
-    for rows in iter_chunks([str(source)], layout="auto", fractions=(0.7, 0.15, 0.15), seed=0,
-                            files_per_task=FILES_PER_TASK, allow_outside=False):
-        record = featurize_chunk(rows, chunk_id=chunk_id_of(rows, config_json, max_windows=20_000), out=str(out),
-                                 config_json=config_json, shard_bytes=64 << 20, isolate=isolate)
-        windows += sum(record["windows"].values())
+    listing = list_entries(iter_items([str(source)]))
+    for chunk in plan(listing, FileRecords(str(out)).read(), settings="", files_per_chunk=FILES_PER_TASK).chunks:
+        result = featurize_chunk(chunk, out=str(out), config_json=config_json, shard_bytes=64 << 20, isolate=isolate)
+        windows += sum(result["files"]["windows"])
     return windows, time.perf_counter() - started
 
 

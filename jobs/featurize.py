@@ -4,32 +4,38 @@ Also ``python -m jobs.featurize SRC... --out DIR`` (for ``ray job submit``).
 
 How it runs
 -----------
-The driver streams the listing (:func:`msc_core.sources.iter_items`), cuts it
-into chunks of ``--files-per-task`` files and keeps at most two tasks per
-cluster CPU in flight (``ray.wait``). Each task decodes its files window by
-window, featurizes batches of windows and writes its own shards
-``DIR/shards/part-<chunk>-<n>.parquet`` (each at most ``--shard-mb`` of codes)
-with :func:`msc_core.shards.write_atomic`, then a small completion record
-``DIR/_chunks/<chunk>.json`` with its counts, errors and truncated files.
-Only those small records travel back to the driver. Each file is decoded and
-featurized in a supervised child process of the worker
-(:mod:`msc_core.isolation`), killed when the file takes longer than
-``--file-timeout``, so that a decoder hung inside one call costs one error row,
-not the job.
+The job runs on the engine of :mod:`msc_core.engine`. Every run lists its
+sources again (:func:`msc_core.sources.iter_items`), fingerprints and
+deduplicates the files, and plans against the last committed snapshot: new
+files, changed files (size and mtime; ETag and version on object stores;
+labels, groups, splits; the feature config and ``--max-windows``) and files
+whose shards are missing or damaged are featurized; files no longer listed
+leave the snapshot. An empty listing is a usage error that changes nothing.
 
-A chunk's id hashes its files (with labels, groups and splits), the full
-feature config including the window policy, and ``--max-windows``, so rerunning the same command
-recreates the same ids: chunks with a completion record are skipped, leftovers
-of unfinished chunks and ``*.tmp-*`` files are removed and redone, and shards of
-chunks that the command no longer lists are deleted at the end. The finished
-dataset holds each window exactly once. Files that failed to decode stay
-failed in their chunk's record (a rerun does not retry them); chunks whose
-task died (worker crash, unwritable output) have no record and are redone.
+The driver keeps at most two tasks per cluster CPU in flight (``ray.wait``).
+Each task (:func:`featurize_chunk`) runs the one per-file step
+(:func:`msc_core.engine.process_file`) on each file of its chunk, in a
+supervised child process of the worker (:mod:`msc_core.isolation`) killed when
+a file takes longer than ``--file-timeout``, and writes its own shards
+``DIR/shards/part-<chunk>-<n>.parquet`` (each at most ``--shard-mb`` of codes,
+page checksums on). Only the small per-file results travel back; the driver
+commits them per batch of chunks to the Delta table ``DIR/_files``, so a
+killed run keeps every committed batch. Shards no committed record names
+(superseded, or written after the last commit of a killed run) are deleted
+only after the run's last commit. A full disk stops the job with one "no
+space left on device" error (exit code 2), the snapshot intact.
 
 Outputs
 -------
 ``DIR/shards/*.parquet``
-    One row per window (schema: :mod:`msc_core.shards`).
+    One row per window (schema: :mod:`msc_core.shards`). After a finished run
+    the folder holds exactly the committed snapshot; during a run, or after a
+    killed one, read it through :func:`msc_core.shards.list_shards` (what
+    ``msc train`` and ``msc evaluate`` do), which lists only committed shards.
+``DIR/_files``
+    Delta Lake table of file records, one per listed file: location,
+    fingerprint, chunk and its shards with their sizes, label, split, status,
+    error, windows; its last version is the snapshot.
 ``DIR/errors.parquet``
     One row per failed file: path, stage (decode, featurize, task), error_type, message.
     A failed file contributes no rows.
@@ -48,17 +54,14 @@ malformed manifests).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import os
 import platform
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments
@@ -68,10 +71,13 @@ DEFAULT_FILES_PER_TASK = 256
 TASKS_PER_CPU = 2
 TASK_RETRIES = 3  # a task lost with its worker or node is run again (it rewrites the same shard names)
 PROGRESS_EVERY_S = 2.0
-CHUNKS_DIR = "_chunks"
 SHARDS_DIR = "shards"
 ERROR_SCHEMA = (("path", "string"), ("stage", "string"), ("error_type", "string"), ("message", "string"))
 TRUNCATED_SCHEMA = (("path", "string"), ("windows", "int32"), ("truncated_at_s", "double"), ("duration_s", "double"))
+RECORD_FIELDS = (("label", "string"), ("group", "string"), ("genre", "string"), ("split", "string"),
+                 ("status", "string"), ("stage", "string"), ("error_type", "string"), ("message", "string"),
+                 ("windows", "int32"), ("duration_s", "double"), ("truncated_at_s", "double"))
+"""featurize's own columns of its file records (after :data:`msc_core.engine.RECORD_FIELDS`)."""
 
 Row = tuple[str, str | None, str, str | None, str | None]
 """One listed file as sent to a task: (path, label, group, genre, split)."""
@@ -133,15 +139,14 @@ def run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- the task
 
-def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json: str, shard_bytes: int,
-                    limits=None, isolate: bool = True) -> dict[str, Any]:
-    """Featurize one chunk of files and write its shards and completion record (runs in a Ray task).
+def featurize_chunk(chunk, *, out: str, config_json: str, shard_bytes: int, limits=None,
+                    isolate: bool = True) -> dict[str, Any]:
+    """Featurize one chunk of files and write its shards (runs in a Ray task).
 
     Parameters
     ----------
-    rows : sequence of (path, label, group, genre, split)
-    chunk_id : str
-        Names the shards ``part-<chunk_id>-<n>.parquet`` and the record ``<chunk_id>.json``.
+    chunk : msc_core.engine.Chunk
+        Names the shards ``part-<chunk.id>-<n>.parquet``.
     out : str
         Output folder (local path or URI).
     config_json : str
@@ -157,45 +162,42 @@ def featurize_chunk(rows: Sequence[Row], *, chunk_id: str, out: str, config_json
     Returns
     -------
     dict
-        The completion record: ``chunk``, ``files`` and ``windows`` counted per
-        ``"<label>/<split>"``, ``errors`` (list of dicts with :data:`ERROR_SCHEMA`),
-        ``truncated`` (list of dicts with :data:`TRUNCATED_SCHEMA`), ``shards`` (file names), ``seconds`` (wall time of the task), ``peak_rss_mb``
-        (peak resident memory of the worker process so far).
+        ``parts`` (``[name, bytes]`` of each shard, relative to ``out``),
+        ``files`` (the record columns of :data:`RECORD_FIELDS`, one value per
+        file), ``seconds`` (wall time of the task), ``peak_rss_mb`` (peak
+        resident memory of the worker process so far).
     """
     from msc_core.audio import DecodeLimits
     from msc_core.config import FeatureConfig
-    from msc_core.errors import AudioDecodeError
+    from msc_core.engine import process_file
     from msc_core.isolation import shared_child
-    from msc_core.labelling import featurize_file, warm_up
+    from msc_core.labelling import warm_up
+    from msc_core.shards import ShardWriter
 
     started = time.monotonic()
     config = FeatureConfig.from_json(config_json)
     child = shared_child(warm_up=warm_up) if isolate else None
-    writer = _ShardWriter(out=out, chunk_id=chunk_id, config=config, shard_bytes=shard_bytes)
-    files, windows, errors, truncated = Counter(), Counter(), [], []
-    for row in rows:
-        path = row[0]
-        try:
-            features = featurize_file(path, config, limits=limits or DecodeLimits(), child=child)
-        except Exception as error:  # one bad file must never stop the chunk
-            errors.append({"path": path, "stage": "decode" if isinstance(error, AudioDecodeError) else "featurize",
-                           "error_type": type(error).__name__, "message": str(error)})
-            continue
-        writer.add(_shard_columns(row, features), features.codes)
-        key = f"{row[1] or 'unlabelled'}/{row[4] or 'none'}"
-        files[key] += 1
-        windows[key] += len(features.codes)
-        if features.truncated_at_s is not None:
-            truncated.append({"path": path, "windows": len(features.codes),
-                              "truncated_at_s": features.truncated_at_s, "duration_s": features.duration_s})
+    writer = ShardWriter(f"{out}/{SHARDS_DIR}", prefix=f"part-{chunk.id}", config=config, shard_bytes=shard_bytes)
+    files: dict[str, list] = {name: [] for name, _ in RECORD_FIELDS}
+    for entry in chunk.entries:
+        result = process_file(entry.path, config, limits=limits or DecodeLimits(), child=child)
+        features = result.features
+        if features is not None:
+            writer.add(_shard_columns(entry, features), features.codes)
+        values = {"label": entry.label, "group": entry.group, "genre": entry.genre, "split": entry.split,
+                  "status": "ok" if features is not None else "error", "stage": result.stage,
+                  "error_type": result.error_type, "message": result.message,
+                  "windows": 0 if features is None else len(features.codes),
+                  "duration_s": None if features is None else features.duration_s,
+                  "truncated_at_s": None if features is None else features.truncated_at_s}
+        for name, value in values.items():
+            files[name].append(value)
     writer.close()
-    record = {"chunk": chunk_id, "files": dict(files), "windows": dict(windows), "errors": errors,
-              "truncated": truncated, "shards": writer.written, "seconds": time.monotonic() - started, "peak_rss_mb": _peak_rss_mb()}
-    _write_bytes_atomic(f"{out}/{CHUNKS_DIR}/{chunk_id}.json", json.dumps(record).encode())
-    return record
+    return {"parts": [(f"{SHARDS_DIR}/{name}", size) for name, size in writer.written], "files": files,
+            "seconds": time.monotonic() - started, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _shard_columns(row: Row, features) -> dict[str, list]:
+def _shard_columns(entry, features) -> dict[str, list]:
     """The shard columns (all but ``codes``) of one file's windows.
 
     A file's windows are held until it has decoded completely, so that a file
@@ -203,50 +205,11 @@ def _shard_columns(row: Row, features) -> dict[str, list]:
     ``--shard-mb`` plus one file's codes (27.5 KB per window, at most
     ``--max-windows`` windows).
     """
-    path, label, group, genre, split = row
     count = len(features.start_s)
-    return {"path": [path] * count, "label": [label] * count, "group": [group] * count,
-            "genre": [genre] * count, "split": [split] * count, "window": list(range(count)),
+    return {"path": [entry.path] * count, "label": [entry.label] * count, "group": [entry.group] * count,
+            "genre": [entry.genre] * count, "split": [entry.split] * count, "window": list(range(count)),
             "start_s": features.start_s.tolist(), "duration_s": (features.end_s - features.start_s).tolist(),
             "sample_rate": [features.sample_rate] * count, "channels": [features.channels] * count}
-
-
-@dataclass
-class _ShardWriter:
-    """Collects whole files' windows and writes a shard whenever ``shard_bytes`` of codes are pending."""
-
-    out: str
-    chunk_id: str
-    config: Any
-    shard_bytes: int
-    written: list[str] = field(default_factory=list)
-    _columns: list[dict[str, list]] = field(default_factory=list)
-    _codes: list[Any] = field(default_factory=list)
-    _bytes: int = 0
-
-    def add(self, columns: dict[str, list], codes) -> None:
-        if self._bytes and self._bytes + codes.nbytes > self.shard_bytes:
-            self._flush()
-        self._columns.append(columns)
-        self._codes.append(codes)
-        self._bytes += codes.nbytes
-
-    def close(self) -> None:
-        if self._codes:
-            self._flush()
-
-    def _flush(self) -> None:
-        import numpy as np
-
-        from msc_core.shards import windows_table, write_atomic
-
-        merged = {name: list(itertools.chain.from_iterable(part[name] for part in self._columns))
-                  for name in self._columns[0]}
-        table = windows_table(self.config, codes=np.concatenate(self._codes), columns=merged)
-        name = f"part-{self.chunk_id}-{len(self.written):03d}.parquet"
-        write_atomic(table, f"{self.out}/{SHARDS_DIR}/{name}")
-        self.written.append(name)
-        self._columns, self._codes, self._bytes = [], [], 0
 
 
 def _peak_rss_mb() -> float:
@@ -259,85 +222,40 @@ def _peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------------------- the driver
 
-def chunk_id_of(rows: Sequence[Row], config_json: str, *, max_windows: int) -> str:
-    """Deterministic id of a chunk: 16 hex digits of a hash of its sorted rows, the full config and ``max_windows``."""
-    from msc_core.audio import DecodeLimits
-
-    digest = hashlib.sha256(config_json.encode())
-    if max_windows != DecodeLimits().max_windows:  # the default leaves the ids of earlier msc versions as they were
-        digest.update(f"max_windows={max_windows}\n".encode())
-    for row in sorted(rows, key=lambda r: tuple(value or "" for value in r)):
-        digest.update("\t".join(value or "" for value in row).encode() + b"\n")
-    return digest.hexdigest()[:16]
-
-
-def iter_chunks(sources: Sequence[str], *, layout: str, fractions: Sequence[float], seed: int,
-                files_per_task: int, allow_outside: bool) -> Iterator[list[Row]]:
-    """The listing, labelled and split, in chunks of ``files_per_task`` rows (streamed)."""
-    from msc_core.sources import assign_split, iter_items
-
-    chunk: list[Row] = []
-    for item in iter_items(sources, layout=layout, allow_outside=allow_outside):
-        split = item.split or (assign_split(item.group, fractions=fractions, seed=seed) if item.label else None)
-        chunk.append((item.path, item.label, item.group, item.genre, split))
-        if len(chunk) == files_per_task:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def settings_of(config, *, max_windows: int) -> str:
+    """What every shard depends on beside its file: the full feature config and ``--max-windows``."""
+    return json.dumps({"config": json.loads(config.to_json()), "max_windows": max_windows}, sort_keys=True)
 
 
 @dataclass
-class _Totals:
-    """What the driver adds up from completion records, and prints as progress."""
+class _Progress:
+    """What the driver counts while tasks finish, and prints as progress."""
 
+    total: int
     started: float = field(default_factory=time.monotonic)
-    files: Counter = field(default_factory=Counter)
-    windows: Counter = field(default_factory=Counter)
-    errors: list[dict[str, str]] = field(default_factory=list)
-    truncated: list[dict[str, Any]] = field(default_factory=list)
-    listed: int = 0
-    listing_done: bool = False
-    chunks: int = 0
-    chunks_reused: int = 0
-    new_windows: int = 0
-    shards: int = 0
+    files: int = 0
+    windows: int = 0
+    errors: int = 0
     task_seconds: float = 0.0
     worker_peak_rss_mb: float = 0.0
     _last_print: float = 0.0
 
-    @property
-    def done_files(self) -> int:
-        return sum(self.files.values()) + len(self.errors)
+    def add(self, result: dict[str, Any]) -> None:
+        self.files += len(result["files"]["status"])
+        self.errors += sum(status != "ok" for status in result["files"]["status"])
+        self.windows += sum(result["files"]["windows"])
+        self.task_seconds += result["seconds"]
+        self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, result["peak_rss_mb"])
 
-    def add(self, record: dict[str, Any], *, reused: bool) -> None:
-        self.files.update(record["files"])
-        self.windows.update(record["windows"])
-        self.errors.extend(record["errors"])
-        self.truncated.extend(record.get("truncated", []))  # absent from records of msc before truncation reports
-        self.shards += len(record["shards"])
-        self.chunks += 1
-        self.chunks_reused += reused
-        if not reused:
-            self.task_seconds += record["seconds"]
-            self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, record["peak_rss_mb"])
-            self.new_windows += sum(record["windows"].values())
-
-    def progress(self, *, force: bool = False) -> None:
+    def print(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_print < PROGRESS_EVERY_S:
             return
         self._last_print = now
-        elapsed = max(now - self.started, 1e-9)
-        done = self.done_files
-        rate = done / elapsed
-        if self.listing_done and rate > 0:
-            eta = time.strftime("%H:%M:%S", time.gmtime((self.listed - done) / rate))
-        else:
-            eta = "after listing"
-        total = str(self.listed) if self.listing_done else f"{self.listed}+ listed"
-        print(f"featurize: {done}/{total} files, {sum(self.windows.values())} windows, {len(self.errors)} errors, "
-              f"{self.new_windows / elapsed:.1f} windows/s, {rate:.1f} files/s, ETA {eta}",
+        rate = self.files / max(now - self.started, 1e-9)
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.files) / rate)) if rate > 0 else "?"
+        print(f"featurize: {self.files}/{self.total} files to do, {self.windows} windows, {self.errors} errors, "
+              f"{self.windows / max(now - self.started, 1e-9):.1f} windows/s, {rate:.1f} files/s, ETA {eta}",
               file=sys.stderr, flush=True)
 
 
@@ -346,7 +264,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
                       shard_mb: float = DEFAULT_SHARD_MB, files_per_task: int = DEFAULT_FILES_PER_TASK,
                       allow_outside: bool = False, limits=None, isolate: bool = True,
                       progress: bool = True) -> dict[str, Any]:
-    """Featurize ``sources`` into ``out`` on the connected Ray cluster (resuming earlier runs).
+    """Featurize ``sources`` into ``out`` on the connected Ray cluster, incrementally (see the module docstring).
 
     Parameters
     ----------
@@ -375,142 +293,140 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
     -------
     dict
         The manifest written to ``out/manifest.json``.
+
+    Raises
+    ------
+    InputError
+        An empty listing, conflicting metadata for one file, bad sources (nothing is changed).
+    StorageFullError
+        The output ran out of space; the last committed snapshot is intact.
+    """
+    from msc_core.audio import DecodeLimits
+    from msc_core.engine import list_entries
+    from msc_core.sources import is_uri, iter_items
+
+    out = out.rstrip("/") if is_uri(out) else os.path.abspath(out)
+    limits = limits or DecodeLimits()
+    listing = list_entries(iter_items(sources, layout=layout, allow_outside=allow_outside), fractions=fractions,
+                           seed=seed, sources=sources)
+    try:
+        run, counted, failed = _featurize(listing, out=out, config=config, limits=limits, shard_mb=shard_mb,
+                                          files_per_task=files_per_task, isolate=isolate, progress=progress)
+        records = run.finish()
+        manifest = _manifest(records, run=run, counted=counted, failed=failed, sources=sources, out=out,
+                             config=config, layout=layout, fractions=fractions, seed=seed, shard_mb=shard_mb,
+                             files_per_task=files_per_task, allow_outside=allow_outside, limits=limits,
+                             isolate=isolate)
+        _write_exports(records, failed, out=out)
+        _write_bytes_atomic(f"{out}/manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    except Exception as error:
+        _stop_if_disk_full(error, out=out)
+        raise
+    if progress:
+        counted.print(force=True)
+    return manifest
+
+
+def _featurize(listing, *, out: str, config, limits, shard_mb: float, files_per_task: int, isolate: bool,
+               progress: bool):
+    """Plan ``listing`` against ``out``'s snapshot and run its chunks on Ray, committing as they finish.
+
+    Returns the :class:`msc_core.engine.Run`, the progress counts and the error rows of tasks that died.
     """
     import ray
 
     from jobs.raylib import cluster_cpus
+    from msc_core.engine import Run
 
-    from msc_core.sources import is_uri
-
-    from msc_core.audio import DecodeLimits
-
-    out = out.rstrip("/") if is_uri(out) else os.path.abspath(out)
-    limits = limits or DecodeLimits()
-    config_json = config.to_json()
-    _make_dirs(out)
-    done, leftovers = _scan_output(out)
-    _delete(leftovers)
+    run = Run(out, listing=listing, settings=settings_of(config, max_windows=limits.max_windows),
+              files_per_chunk=files_per_task, part_folders=[SHARDS_DIR], extra_fields=list(_schema(RECORD_FIELDS)),
+              every_chunks=max(2, cluster_cpus()))
+    if progress:
+        print(f"featurize: {len(listing.entries)} files listed ({listing.duplicates} duplicates), "
+              + ", ".join(f"{count} {name}" for name, count in run.plan.counts().items()), file=sys.stderr, flush=True)
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(featurize_chunk)
     max_in_flight = TASKS_PER_CPU * cluster_cpus()
     shard_bytes = int(shard_mb * 2 ** 20)
-    totals = _Totals()
-    wanted: set[str] = set()
-    in_flight: dict[Any, list[Row]] = {}
+    config_json = config.to_json()
+    counted = _Progress(total=sum(len(chunk.entries) for chunk in run.plan.chunks))
+    failed: list[dict[str, str]] = []
+    in_flight: dict[Any, Any] = {}
 
     def collect(refs: Iterable) -> None:
         for ref in refs:
-            rows = in_flight.pop(ref)
+            chunk = in_flight.pop(ref)
             try:
-                totals.add(ray.get(ref), reused=False)
+                result = ray.get(ref)
             except (ray.exceptions.RayError, OSError) as error:
-                totals.add(_failed_task_record(rows, error), reused=False)
+                _stop_if_disk_full(error, out=out)
+                failed.extend(_failed_task_rows(chunk, error))  # not committed: redone by the next run
+                continue
+            run.done(chunk, parts=result["parts"], extra=result["files"])
+            counted.add(result)
             if progress:
-                totals.progress()
+                counted.print()
 
-    for rows in iter_chunks(sources, layout=layout, fractions=fractions, seed=seed,
-                            files_per_task=files_per_task, allow_outside=allow_outside):
-        chunk_id = chunk_id_of(rows, config_json, max_windows=limits.max_windows)
-        totals.listed += len(rows)
-        if chunk_id in wanted:
-            continue  # the same files listed twice in a row of sources
-        wanted.add(chunk_id)
-        if chunk_id in done:
-            totals.add(_read_json(done[chunk_id]), reused=True)
-            continue
-        while len(in_flight) >= max_in_flight:
+    try:
+        for chunk in run.plan.chunks:
+            while len(in_flight) >= max_in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                collect(ready)
+            ref = task.remote(chunk, out=out, config_json=config_json, shard_bytes=shard_bytes, limits=limits,
+                              isolate=isolate)
+            in_flight[ref] = chunk
+        while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             collect(ready)
-        ref = task.remote(rows, chunk_id=chunk_id, out=out, config_json=config_json, shard_bytes=shard_bytes,
-                          limits=limits, isolate=isolate)
-        in_flight[ref] = rows
-    totals.listing_done = True
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        collect(ready)
-    _delete(_stale_outputs(out, wanted))
-    manifest = _manifest(totals, sources=sources, out=out, config=config, layout=layout, fractions=fractions,
-                         seed=seed, shard_mb=shard_mb, files_per_task=files_per_task, allow_outside=allow_outside,
-                         limits=limits, isolate=isolate)
-    _write_records(totals.errors, f"{out}/errors.parquet", ERROR_SCHEMA)
-    _write_records(totals.truncated, f"{out}/truncated.parquet", TRUNCATED_SCHEMA)
-    _write_bytes_atomic(f"{out}/manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
-    if progress:
-        totals.progress(force=True)
-    return manifest
+    except BaseException:
+        for ref in in_flight:  # stop what is left, and take its errors so that Ray does not print them
+            ray.cancel(ref, force=True)
+        for ref in in_flight:
+            try:
+                ray.get(ref)
+            except Exception:  # noqa: BLE001 - the job stops with the first error
+                continue
+        raise
+    return run, counted, failed
 
 
-def _failed_task_record(rows: Sequence[Row], error: Exception) -> dict[str, Any]:
-    """A completion record for a task that died (worker crash, unwritable output): every file failed."""
-    message = f"task of the chunk failed: {error}".splitlines()[0]
-    return {"files": {}, "windows": {}, "shards": [], "truncated": [], "seconds": 0.0, "peak_rss_mb": 0.0, "errors": [
-        {"path": row[0], "stage": "task", "error_type": type(error).__name__, "message": message} for row in rows]}
+def _stop_if_disk_full(error: BaseException, *, out: str) -> None:
+    """Raise :class:`StorageFullError` (once, for the whole job) when ``error`` is a full disk."""
+    from msc_core.engine import is_disk_full
+    from msc_core.errors import StorageFullError
+
+    if is_disk_full(error):
+        raise StorageFullError(f"no space left on device writing {out}; the last committed snapshot is intact "
+                               "(free some space and rerun the same command to go on)") from None
 
 
-def _list_files(folder: str) -> list[str]:
-    """Full paths (local, or URIs) of the files directly in ``folder``; empty when it does not exist."""
-    import pyarrow.fs as pafs
+def _failed_task_rows(chunk, error: Exception) -> list[dict[str, str]]:
+    """Error rows for every file of a chunk whose task died (worker crash, unwritable output)."""
+    from msc_core.engine import clean_message
 
-    from msc_core.shards import resolve_filesystem
-
-    filesystem, inner = resolve_filesystem(folder)
-    prefix = folder[:len(folder) - len(inner)] if folder.endswith(inner) else ""
-    selector = pafs.FileSelector(inner, allow_not_found=True)
-    return [prefix + info.path for info in filesystem.get_file_info(selector) if info.type == pafs.FileType.File]
+    message = clean_message(f"task of the chunk failed: {error}".splitlines()[0])
+    return [{"path": entry.path, "stage": "task", "error_type": type(error).__name__, "message": message}
+            for entry in chunk.entries]
 
 
-def _chunk_of(name: str) -> str | None:
-    """Chunk id of ``part-<chunk>-<n>.parquet`` or ``<chunk>.json``; None for anything else."""
-    base = name.rsplit("/", 1)[-1]
-    if base.startswith("part-") and base.endswith(".parquet"):
-        return base[len("part-"):].split("-", 1)[0]
-    if base.endswith(".json"):
-        return base[:-len(".json")]
-    return None
+def _write_exports(records, failed: list[dict[str, str]], *, out: str) -> None:
+    """``errors.parquet`` and ``truncated.parquet`` of the committed snapshot (plus this run's dead tasks)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from msc_core.shards import write_atomic
+
+    errors = records.filter(pc.equal(records["status"], "error")).select([name for name, _ in ERROR_SCHEMA])
+    errors = pa.concat_tables([errors.cast(_schema(ERROR_SCHEMA)),
+                               pa.Table.from_pylist(failed, schema=_schema(ERROR_SCHEMA))])
+    truncated = records.filter(pc.is_valid(records["truncated_at_s"])).select([name for name, _ in TRUNCATED_SCHEMA])
+    write_atomic(errors, f"{out}/errors.parquet")
+    write_atomic(truncated.cast(_schema(TRUNCATED_SCHEMA)), f"{out}/truncated.parquet")
 
 
-def _scan_output(out: str) -> tuple[dict[str, str], list[str]]:
-    """Completion records of finished chunks (id -> record path), and files to delete before resuming.
+def _schema(fields: Sequence[tuple[str, str]]):
+    import pyarrow as pa
 
-    To delete: ``*.tmp-*`` files, and shards of chunks without a completion record.
-    """
-    record_files = _list_files(f"{out}/{CHUNKS_DIR}")
-    records = {_chunk_of(path): path for path in record_files if ".tmp-" not in path}
-    records.pop(None, None)
-    leftovers = [path for path in record_files if ".tmp-" in path]
-    for path in _list_files(f"{out}/{SHARDS_DIR}"):
-        if ".tmp-" in path or _chunk_of(path) not in records:
-            leftovers.append(path)
-    return records, leftovers
-
-
-def _stale_outputs(out: str, wanted: set[str]) -> list[str]:
-    """Shards and records of chunks that this run did not list (earlier runs with other inputs)."""
-    return [path for folder in (f"{out}/{SHARDS_DIR}", f"{out}/{CHUNKS_DIR}") for path in _list_files(folder)
-            if _chunk_of(path) not in wanted]
-
-
-def _make_dirs(out: str) -> None:
-    from msc_core.shards import resolve_filesystem
-
-    filesystem, inner = resolve_filesystem(out)
-    for folder in (SHARDS_DIR, CHUNKS_DIR):
-        filesystem.create_dir(f"{inner}/{folder}", recursive=True)
-
-
-def _delete(paths: Iterable[str]) -> None:
-    from msc_core.shards import resolve_filesystem
-
-    for path in paths:
-        filesystem, inner = resolve_filesystem(path)
-        filesystem.delete_file(inner)
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    from msc_core.shards import resolve_filesystem
-
-    filesystem, inner = resolve_filesystem(path)
-    with filesystem.open_input_stream(inner) as handle:
-        return json.loads(handle.read())
+    return pa.schema([(name, pa.type_for_alias(kind)) for name, kind in fields])
 
 
 def _write_bytes_atomic(path: str, data: bytes) -> None:
@@ -521,23 +437,14 @@ def _write_bytes_atomic(path: str, data: bytes) -> None:
         sink.write(data)
 
 
-def _write_records(records: list[dict[str, Any]], path: str, fields: Sequence[tuple[str, str]]) -> None:
-    """``records`` as a Parquet table of ``fields`` ((name, Arrow type name) pairs), written atomically."""
-    import pyarrow as pa
-
-    from msc_core.shards import write_atomic
-
-    schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in fields])
-    write_atomic(pa.Table.from_pylist(records, schema=schema), path)
-
-
-def _nested(counter: Counter) -> dict[str, dict[str, int]]:
-    """``{"music/train": 3}`` -> ``{"music": {"train": 3}}``."""
+def _nested(table, column: str) -> dict[str, dict[str, int]]:
+    """Sum of ``column`` (or a count when ``column`` is None) of ok records by label, then split."""
     nested: dict[str, dict[str, int]] = {}
-    for key, count in sorted(counter.items()):
-        label, split = key.split("/")
-        nested.setdefault(label, {})[split] = count
-    return nested
+    for label, split, value in zip(table["label"].to_pylist(), table["split"].to_pylist(),
+                                   table[column].to_pylist() if column else [1] * len(table)):
+        by_split = nested.setdefault(label or "unlabelled", {})
+        by_split[split or "none"] = by_split.get(split or "none", 0) + value
+    return {label: dict(sorted(by_split.items())) for label, by_split in sorted(nested.items())}
 
 
 def _versions() -> dict[str, str]:
@@ -546,7 +453,7 @@ def _versions() -> dict[str, str]:
     from msc_core.config import msc_version
 
     versions = {"msc": msc_version(), "ray": ray.__version__, "python": platform.python_version()}
-    for package in ("tensorflow-cpu", "tensorflow", "numpy", "librosa", "soxr", "soundfile", "pyarrow"):
+    for package in ("tensorflow-cpu", "tensorflow", "numpy", "librosa", "soxr", "soundfile", "pyarrow", "deltalake"):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -554,39 +461,54 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _manifest(totals: _Totals, *, sources, out, config, layout, fractions, seed, shard_mb, files_per_task,
-              allow_outside, limits, isolate) -> dict[str, Any]:
-    elapsed = time.monotonic() - totals.started
-    windows = sum(totals.windows.values())
+def _manifest(records, *, run, counted: _Progress, failed, sources, out, config, layout, fractions, seed, shard_mb,
+              files_per_task, allow_outside, limits, isolate) -> dict[str, Any]:
+    """What ``manifest.json`` says about the committed snapshot and about this run."""
+    import pyarrow.compute as pc
+
+    elapsed = time.monotonic() - counted.started
+    ok = records.filter(pc.equal(records["status"], "ok"))
+    chunks = len(set(records["chunk"].to_pylist()))
     return {
         "config": json.loads(config.to_json()),
         "feature_hash": config.hash,
         "inputs": {"sources": list(sources), "out": out, "layout": layout, "allow_outside": allow_outside,
                    "split": list(fractions), "seed": seed, "shard_mb": shard_mb, "files_per_task": files_per_task,
                    "file_timeout_s": limits.max_decode_s, "max_windows": limits.max_windows, "isolate": isolate},
-        "counts": {"files": _nested(totals.files), "windows": _nested(totals.windows)},
-        "files": sum(totals.files.values()),
-        "windows": windows,
-        "errors": len(totals.errors),
-        "truncated": len(totals.truncated),
-        "listed": totals.listed,
-        "chunks": totals.chunks,
-        "chunks_reused": totals.chunks_reused,
-        "shards": totals.shards,
+        "counts": {"files": _nested(ok, None), "windows": _nested(ok, "windows")},
+        "files": len(ok),
+        "windows": int(pc.sum(ok["windows"]).as_py() or 0),
+        "errors": len(records) - len(ok) + len(failed),
+        "truncated": int(pc.sum(pc.is_valid(records["truncated_at_s"])).as_py() or 0),
+        "listed": len(run.listing.entries),
+        "duplicates": run.listing.duplicates,
+        "changes": run.plan.counts(),
+        "snapshot": run.records.version(),
+        "chunks": chunks,
+        "chunks_reused": len(run.plan.kept),
+        "shards": len(committed_shards(records)),
         "versions": _versions(),
-        "timings": {"seconds": elapsed, "windows_per_s": totals.new_windows / max(elapsed, 1e-9),
-                    "task_seconds": totals.task_seconds},
-        "memory": {"worker_peak_rss_mb": totals.worker_peak_rss_mb, "driver_peak_rss_mb": _peak_rss_mb()},
+        "timings": {"seconds": elapsed, "windows_per_s": counted.windows / max(elapsed, 1e-9),
+                    "task_seconds": counted.task_seconds},
+        "memory": {"worker_peak_rss_mb": counted.worker_peak_rss_mb, "driver_peak_rss_mb": _peak_rss_mb()},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def committed_shards(records) -> list[str]:
+    """Shard names (relative to the output folder) the committed records reference."""
+    from msc_core.engine import committed_parts
+
+    return sorted(committed_parts(records))
 
 
 def summary_line(manifest: dict[str, Any]) -> str:
     """One line for the console: files, windows, errors, shards, time and where things are."""
     timings = manifest["timings"]
     truncated = f", {manifest['truncated']} truncated (see truncated.parquet)" if manifest.get("truncated") else ""
+    changes = ", ".join(f"{count} {name}" for name, count in manifest["changes"].items())
     return (f"featurize done: {manifest['files']} files, {manifest['windows']} windows, {manifest['errors']} errors"
-            f"{truncated}, "
+            f"{truncated} ({changes}), "
             f"{manifest['shards']} shards ({manifest['chunks_reused']}/{manifest['chunks']} chunks reused) in "
             f"{timings['seconds']:.1f} s ({timings['windows_per_s']:.1f} windows/s) -> {manifest['inputs']['out']}")
 

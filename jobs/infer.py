@@ -20,30 +20,40 @@ last one is predicted; memory stays bounded by the chunks in flight.
 
 Output files under ``DIR``:
 
-- ``parts/manifest.parquet``: the chunks (id, paths) fixed by the first run, with
-  the sources, model and window policy in its metadata;
+- ``_files``: the Delta Lake table of file records (:mod:`msc_core.engine`):
+  location, fingerprint, settings and chunk of every listed file; its last
+  version is the snapshot;
 - ``parts/{predictions,windows,segments}/<chunk_id>.parquet``: one chunk each,
-  written atomically, predictions last (its presence marks the chunk done);
+  written atomically before the chunk is committed;
 - ``predictions.parquet``/``.csv``, ``windows.parquet``, ``segments.parquet``/``.csv``:
-  assembled atomically from the parts in manifest order once every chunk is done
-  (see :mod:`msc_core.labelling` for the columns and the aggregation rule).
+  assembled atomically from the committed parts in listing order once every
+  chunk is done (see :mod:`msc_core.labelling` for the columns and the aggregation rule).
 
-A rerun with the same ``--out`` reuses the manifest and only processes chunks
-with no predictions part, so an interrupted job resumes with no duplicate and no
-missing file. Within one run, chunks left without output because a worker or a
-node died (Ray restarts the actors and retries the tasks, but a restarted writer
-has lost the rows it was holding) are run again, up to :data:`PIPELINE_ATTEMPTS` times. Exit code: 0 every file labelled, 1 some files failed to decode.
+Every run lists its sources again and runs on the engine of
+:mod:`msc_core.engine`: new files, changed files (size and mtime; ETag and
+version on object stores), files whose parts are missing or damaged, and every
+file after a change of model, features or window policy are labelled; files no
+longer listed leave the outputs; the rest is reused. Sources are compared by
+resolved location, so ``inc`` and ``./inc`` are the same and another folder
+named ``inc`` is another listing. Chunks are committed per batch, so a killed
+run resumes with no duplicate and no missing file. Within one run, chunks left
+without output because a worker or a node died (Ray restarts the actors and
+retries the tasks, but a restarted writer has lost the rows it was holding)
+are run again, up to :data:`PIPELINE_ATTEMPTS` times. Exit code: 0 every file
+labelled, 1 some files failed to decode, 2 usage errors, an empty listing or
+a full disk (the last snapshot intact).
+
+Python API: :func:`infer_archive`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -54,9 +64,9 @@ from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 log = logging.getLogger("msc.infer")
 
 PART_KINDS = ("windows", "segments", "predictions")  # written in this order; predictions marks a chunk done
-MANIFEST = "parts/manifest.parquet"
 WRITER_CPUS = 0.1
 PIPELINE_ATTEMPTS = 3  # runs of the pipeline over chunks still without output (lost to dead workers or nodes)
+COMMIT_EVERY_CHUNKS = 4  # chunks per commit of the file records (or every 10 s): what a killed run can lose
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -160,9 +170,9 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
     ``truncated_at_s`` float64 (s; NaN unless ``limits.max_windows`` cut the file),
     ``error`` str ("" when ok), ``codes`` uint8 (rows, n_mels, frames).
     """
-    from msc_core.errors import MscError
+    from msc_core.engine import process_file
     from msc_core.isolation import shared_child
-    from msc_core.labelling import featurize_file, warm_up
+    from msc_core.labelling import warm_up
 
     child = shared_child(warm_up=warm_up) if isolate else None
     empty = np.zeros((1, *config.encoded_shape), np.uint8)
@@ -170,10 +180,10 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
         columns = {"file": [], "path": [], "start_s": [], "end_s": [], "duration_s": [], "truncated_at_s": [],
                    "error": [], "codes": []}
         for index, path in enumerate(paths):
-            try:
-                features = featurize_file(path, config, limits=limits, child=child)
-            except MscError as error:
-                rows, values = 1, (np.zeros(1), np.zeros(1), np.nan, np.nan, str(error), empty)
+            result = process_file(path, config, limits=limits, child=child)
+            features = result.features
+            if features is None:
+                rows, values = 1, (np.zeros(1), np.zeros(1), np.nan, np.nan, result.message, empty)
             else:
                 rows = len(features.start_s)
                 values = (features.start_s, features.end_s, features.duration_s,
@@ -226,7 +236,7 @@ class WriteChunks:
     def __init__(self, out_dir: str, model_id: str, feature_hash: str):
         import threading
 
-        from msc_core.shards import resolve_filesystem
+        from msc_core.storage import resolve_filesystem
 
         self.filesystem, self.root = resolve_filesystem(out_dir)
         self.root = self.root.rstrip("/")
@@ -240,7 +250,7 @@ class WriteChunks:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        written = {"chunk_id": [], "files": [], "errors": []}
+        written = {"chunk_id": [], "files": [], "errors": [], "parts": []}
         for chunk_id in pc.unique(batch["chunk_id"]).to_pylist():
             rows = batch.filter(pc.equal(batch["chunk_id"], chunk_id))
             with self.lock:
@@ -252,14 +262,15 @@ class WriteChunks:
                     continue
                 del self.pending[chunk_id]
             complete = complete.take(first)
-            files, errors = self._write(chunk_id, complete)
-            for name, value in (("chunk_id", chunk_id), ("files", files), ("errors", errors)):
+            files, errors, parts = self._write(chunk_id, complete)
+            for name, value in (("chunk_id", chunk_id), ("files", files), ("errors", errors),
+                                ("parts", json.dumps(parts))):
                 written[name].append(value)
         return pa.table(written, schema=pa.schema([("chunk_id", pa.string()), ("files", pa.int64()),
-                                                   ("errors", pa.int64())]))
+                                                   ("errors", pa.int64()), ("parts", pa.string())]))
 
-    def _write(self, chunk_id: str, rows) -> tuple[int, int]:
-        """Aggregate one complete chunk per file and write its parts; returns (files, errors)."""
+    def _write(self, chunk_id: str, rows) -> tuple[int, int, list[tuple[str, int]]]:
+        """Aggregate one complete chunk per file and write its parts; returns (files, errors, [(part, bytes)])."""
         from msc_core.labelling import FileLabel, aggregate, label_tables
         from msc_core.shards import write_atomic
 
@@ -283,105 +294,39 @@ class WriteChunks:
                 probs=np.stack([columns["p_speech"][run], columns["p_music"][run]], axis=1),
                 model_id=self.model_id, feature_hash=self.feature_hash))
         tables = dict(zip(("predictions", "windows", "segments"), label_tables(labels)))
-        for kind in PART_KINDS:
-            write_atomic(tables[kind], part_path(self.root, kind, chunk_id), filesystem=self.filesystem)
-        return len(labels), sum(label.status != "ok" for label in labels)
+        parts = [(part_name(kind, chunk_id), write_atomic(tables[kind], f"{self.root}/{part_name(kind, chunk_id)}",
+                                                          filesystem=self.filesystem)) for kind in PART_KINDS]
+        return len(labels), sum(label.status != "ok" for label in labels), parts
 
 
 # ---------------------------------------------------------------------------------------- files
-def part_path(root: str, kind: str, chunk_id: str) -> str:
-    """Where chunk ``chunk_id``'s ``kind`` part lives under the output root."""
-    return f"{root}/parts/{kind}/{chunk_id}.parquet"
+def part_name(kind: str, chunk_id: str) -> str:
+    """Where chunk ``chunk_id``'s ``kind`` part lives, relative to the output folder."""
+    return f"parts/{kind}/{chunk_id}.parquet"
 
 
-def chunk_id_of(paths: Sequence[str]) -> str:
-    """Deterministic id of a chunk: 16 hex digits of the hash of its paths, in order."""
-    return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
+def settings_of(*, model_id: str, config, max_windows: int) -> str:
+    """What every result depends on beside its file: the model, the features, the window policy, ``--max-windows``."""
+    return json.dumps({"model_id": model_id, "feature_hash": config.hash, "window": config.window.mode,
+                       "hop_seconds": config.window.hop_seconds, "max_windows": max_windows}, sort_keys=True)
 
 
-def manifest_metadata(*, sources: Sequence[str], model_id: str, config, max_windows: int) -> dict[bytes, bytes]:
-    """What a run's manifest records: a rerun into the same DIR must agree on all of it."""
-    from msc_core.audio import DecodeLimits
+def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[str]) -> dict[str, int]:
+    """Concatenate the parts of ``chunks`` (committed, in listing order) into the final files, each atomically.
 
-    run = {"sources": list(sources), "model_id": model_id, "feature_hash": config.hash,
-           "window": config.window.mode, "hop_seconds": config.window.hop_seconds}
-    if max_windows != DecodeLimits().max_windows:  # the default leaves manifests of earlier msc versions valid
-        run["max_windows"] = max_windows
-    return {b"msc.infer": json.dumps(run, sort_keys=True).encode()}
-
-
-def open_manifest(filesystem, root: str, *, sources: Sequence[str], chunk_files: int,
-                  metadata: dict[bytes, bytes]) -> None:
-    """Write ``parts/manifest.parquet`` (the listing cut into chunks) unless a run made it already.
-
-    The driver holds the listing while it writes it (paths only, about 100 bytes per file).
+    Streams one part at a time. Returns counts: ``files``, ``ok``, ``errors``, ``music``, ``speech``.
 
     Raises
     ------
-    InputError
-        The existing manifest was made with other sources, model or window policy.
+    CorruptShardError
+        A part that cannot be read (its chunk is redone by the next run).
     """
     import pyarrow as pa
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    from msc_core.errors import InputError
-    from msc_core.shards import write_atomic
-    from msc_core.sources import iter_audio_paths
-
-    path = f"{root}/{MANIFEST}"
-    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-        found = pq.read_schema(path, filesystem=filesystem).metadata or {}
-        if found.get(b"msc.infer") != metadata[b"msc.infer"]:
-            raise InputError(f"{root} holds a run with other settings ({found.get(b'msc.infer', b'?').decode()}); "
-                             "use a new --out, or the same sources, model and window policy to resume")
-        return
-    chunk_ids, chunk_paths, current = [], [], []
-
-    def close_chunk() -> None:
-        chunk_ids.append(chunk_id_of(current))
-        chunk_paths.append(list(current))
-        current.clear()
-
-    for audio_path in iter_audio_paths(sources):
-        current.append(audio_path)
-        if len(current) == chunk_files:
-            close_chunk()
-    if current:
-        close_chunk()
-    schema = pa.schema([("chunk_id", pa.string()), ("paths", pa.list_(pa.string()))], metadata=metadata)
-    filesystem.create_dir(f"{root}/parts", recursive=True)
-    write_atomic(pa.table({"chunk_id": chunk_ids, "paths": chunk_paths}, schema=schema), path,
-                 filesystem=filesystem)
-
-
-def iter_manifest(filesystem, root: str) -> Iterator[tuple[str, list[str]]]:
-    """(chunk_id, paths) of every chunk, in listing order."""
-    import pyarrow.parquet as pq
-
-    with filesystem.open_input_file(f"{root}/{MANIFEST}") as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=4096):
-            yield from zip(batch["chunk_id"].to_pylist(), batch["paths"].to_pylist())
-
-
-def done_chunks(filesystem, root: str) -> set[str]:
-    """Ids of chunks whose predictions part exists (complete, since parts are written atomically)."""
-    import pyarrow.fs as pafs
-
-    selector = pafs.FileSelector(f"{root}/parts/predictions", allow_not_found=True)
-    return {info.base_name.removesuffix(".parquet") for info in filesystem.get_file_info(selector)
-            if info.base_name.endswith(".parquet")}
-
-
-def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]:
-    """Concatenate every chunk's parts, in manifest order, into the final files (each written atomically).
-
-    Streams one part at a time. Returns counts: ``files``, ``ok``, ``errors``, ``music``, ``speech``.
-    """
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from msc_core.errors import CorruptShardError
     from msc_core.labelling import PREDICTIONS_SCHEMA, SEGMENTS_SCHEMA, WINDOWS_SCHEMA
     from msc_core.shards import atomic_output
 
@@ -396,8 +341,14 @@ def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]
             writers = [pq.ParquetWriter(stream, schema, compression="zstd") if target.endswith(".parquet")
                        else pacsv.CSVWriter(stream, schema) for stream, target in zip(streams, targets)]
             try:
-                for chunk_id, _ in iter_manifest(filesystem, root):
-                    table = pq.read_table(part_path(root, kind, chunk_id), filesystem=filesystem, schema=schema)
+                for chunk_id in chunks:
+                    path = f"{root}/{part_name(kind, chunk_id)}"
+                    try:
+                        with filesystem.open_input_file(path) as handle:
+                            table = pq.ParquetFile(handle, page_checksum_verification=True).read().cast(schema)
+                    except (pa.ArrowException, OSError) as error:
+                        raise CorruptShardError(f"{path}: damaged part ({error}); rerun the same command to redo "
+                                                "it") from error
                     for writer in writers:
                         writer.write_table(table)
                     if kind == "predictions":
@@ -413,81 +364,146 @@ def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]
 
 
 # ---------------------------------------------------------------------------------------- run
-def label_chunks(pending: list[dict], *, args: argparse.Namespace, config, limits, model_dir: str,
-                 model_id: str) -> None:
-    """Run the pipeline once over ``pending`` chunks (``{"chunk_id", "paths"}``) on the connected cluster.
+def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str, model_id: str, batch_size: int,
+                 num_gpus: float, isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """Run the pipeline once over ``pending`` chunks (:class:`msc_core.engine.Chunk`) on the connected cluster.
 
-    Chunks whose rows were lost (a writer actor restarted after its node died)
-    simply stay without a predictions part; :func:`run` runs them again.
+    Yields ``(chunk id, [(part, bytes), ...])`` as each chunk's parts are
+    written. Chunks whose rows were lost (a writer actor restarted after its
+    node died) are simply not yielded; :func:`infer_archive` runs them again.
     """
     import ray
 
     resources = ray.cluster_resources()
     plan = plan_resources(cpus=resources.get("CPU", 1), gpus=resources.get("GPU", 0),
-                          gpus_per_actor=args.num_gpus, node_cpus=largest_node_cpus())
+                          gpus_per_actor=num_gpus, node_cpus=largest_node_cpus())
     log.info("resources %s -> %s", resources, plan)
+    items = [{"chunk_id": chunk.id, "paths": [entry.path for entry in chunk.entries]} for chunk in pending]
     dataset = (
-        ray.data.from_items(pending, override_num_blocks=len(pending))
+        ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus,
-                     fn_kwargs={"config": config, "limits": limits, "isolate": not args.no_isolation})
+                     fn_kwargs={"config": config, "limits": limits, "isolate": isolate})
         .map_batches(LabelWindows, batch_size=None, compute=ray.data.ActorPoolStrategy(size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": args.batch_size})
+                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size})
         .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
                      compute=ray.data.ActorPoolStrategy(size=1),
-                     fn_constructor_kwargs={"out_dir": args.out, "model_id": model_id, "feature_hash": config.hash})
+                     fn_constructor_kwargs={"out_dir": out, "model_id": model_id, "feature_hash": config.hash})
     )
     failed = 0
-    with progress(total=sum(len(chunk["paths"]) for chunk in pending), unit="files", desc="infer") as bar:
+    with progress(total=sum(len(chunk.entries) for chunk in pending), unit="files", desc="infer") as bar:
         for written in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             failed += sum(written["errors"].to_pylist())
             bar.set_postfix_str(f"{failed} failed", refresh=False)
             bar.update(sum(written["files"].to_pylist()))
+            for chunk_id, parts in zip(written["chunk_id"].to_pylist(), written["parts"].to_pylist()):
+                yield chunk_id, [tuple(part) for part in json.loads(parts)]
+
+
+def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
+                  hop_s: float | None = None, limits=None, formats: Sequence[str] = ("parquet", "csv"),
+                  batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
+                  address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    """Label ``sources`` into ``out`` on Ray, incrementally (see the module docstring).
+
+    Parameters
+    ----------
+    sources : sequence of str
+        Folders, globs, file lists, audio files or URIs (:func:`msc_core.sources.iter_audio_paths`).
+    out : str
+        Output folder (local path or URI).
+    model : str or None
+        Model directory (None: the bundled model).
+    window, hop_s
+        Window policy (:func:`msc_core.labelling.window_config`).
+    limits : DecodeLimits or None
+    formats : sequence of {"parquet", "csv"}
+        Final file formats (``windows`` is Parquet only).
+    batch_size : int
+        Windows per forward pass.
+    num_gpus : float
+        GPUs per model actor (0: CPU).
+    chunk_files : int
+        Files per chunk.
+    isolate : bool
+        Decode in supervised child processes.
+    address, num_cpus
+        Ray to join or start (:func:`jobs.raylib.init_ray`) when there is work to do.
+
+    Returns
+    -------
+    dict
+        Counts: ``files``, ``ok``, ``errors``, ``music``, ``speech``, ``listed``,
+        ``duplicates`` and the plan's ``new``, ``changed``, ``deleted``, ``unchanged``, ``repaired``.
+
+    Raises
+    ------
+    InputError
+        Bad options, an empty listing or bad sources (nothing is changed).
+    StorageFullError
+        The output ran out of space; the last committed snapshot is intact.
+    """
+    import ray
+
+    from msc_core.audio import DecodeLimits
+    from msc_core.engine import Run, is_disk_full, list_entries
+    from msc_core.errors import InputError, MscError, StorageFullError
+    from msc_core.labelling import DEFAULT_MODEL_DIR, load_model, window_config
+    from msc_core.sources import iter_audio_paths, unlabelled_item
+    from msc_core.storage import require_output_dir, resolve_filesystem
+
+    if not formats or set(formats) - {"parquet", "csv"}:
+        raise InputError(f"formats are parquet and/or csv, not {','.join(formats)!r}")
+    if chunk_files < 1 or batch_size < 1:
+        raise InputError("--chunk-files and --batch-size must be at least 1")
+    require_output_dir(out)
+    config = window_config(window, hop_s)
+    limits = limits or DecodeLimits()
+    loaded = load_model(model)  # checks the model and its features before any work starts
+    model_dir = str(model or DEFAULT_MODEL_DIR)
+    listing = list_entries((unlabelled_item(path) for path in iter_audio_paths(sources)), sources=sources)
+    filesystem, root = resolve_filesystem(out)
+    root = root.rstrip("/")
+    run = Run(out, listing=listing, settings=settings_of(model_id=loaded.model_id, config=config,
+                                                         max_windows=limits.max_windows),
+              files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
+              every_chunks=COMMIT_EVERY_CHUNKS)
+    log.info("%d chunks already labelled, %d to do", len(run.plan.kept), len(run.plan.chunks))
+    pending = {chunk.id: chunk for chunk in run.plan.chunks}
+    for attempt in range(PIPELINE_ATTEMPTS):
+        if not pending:
+            break
+        init_ray(address, num_cpus=num_cpus)
+        try:
+            for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
+                                                model_dir=model_dir, model_id=loaded.model_id, batch_size=batch_size,
+                                                num_gpus=num_gpus, isolate=isolate):
+                run.done(pending.pop(chunk_id), parts=parts)
+        except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block
+            if is_disk_full(error):
+                run.committer.flush()
+                raise StorageFullError(f"no space left on device writing {out}; the last committed snapshot is "
+                                       "intact (free some space and rerun the same command to go on)") from None
+            log.warning("attempt %d of %d failed: %s", attempt + 1, PIPELINE_ATTEMPTS, str(error).splitlines()[0])
+    if pending:
+        run.committer.flush()
+        raise MscError(f"{len(pending)} chunks have no output; rerun the same command to finish them")
+    records = run.finish()
+    counts = assemble(filesystem, root, run.order(records), formats=formats)
+    return {**counts, "listed": len(listing.entries), "duplicates": listing.duplicates, **run.plan.counts()}
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``msc infer``: list, label the chunks not yet done (again while some are lost), assemble, summarize."""
-    import ray
-
-    from msc_core.errors import InputError, MscError
-    from msc_core.labelling import DEFAULT_MODEL_DIR, load_model
-    from msc_core.shards import resolve_filesystem
-    from msc_core.storage import require_output_dir
-
+    """Run ``msc infer`` from parsed arguments; returns the exit code (0 all labelled, 1 some files failed)."""
     formats = [name.strip() for name in args.format.split(",") if name.strip()]
-    if not formats or set(formats) - {"parquet", "csv"}:
-        raise InputError(f"--format takes parquet and/or csv, not {args.format!r}")
-    if args.chunk_files < 1 or args.batch_size < 1:
-        raise InputError("--chunk-files and --batch-size must be at least 1")
-    require_output_dir(args.out)
-    config = window_config(args)
-    limits = decode_limits(args)
-    model = load_model(args.model)  # checks the model and its features before any work starts
-    model_dir = str(args.model or DEFAULT_MODEL_DIR)
-    filesystem, root = resolve_filesystem(args.out)
-    root = root.rstrip("/")
-    open_manifest(filesystem, root, sources=args.sources, chunk_files=args.chunk_files,
-                  metadata=manifest_metadata(sources=args.sources, model_id=model.model_id, config=config,
-                                             max_windows=limits.max_windows))
-    for attempt in range(PIPELINE_ATTEMPTS):
-        done = done_chunks(filesystem, root)
-        pending = [{"chunk_id": chunk_id, "paths": paths} for chunk_id, paths in iter_manifest(filesystem, root)
-                   if chunk_id not in done]
-        log.info("%d chunks already labelled, %d to do", len(done), len(pending))
-        if not pending:
-            break
-        init_ray(args.address, num_cpus=args.num_cpus)
-        try:
-            label_chunks(pending, args=args, config=config, limits=limits, model_dir=model_dir,
-                         model_id=model.model_id)
-        except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block
-            log.warning("attempt %d of %d failed: %s", attempt + 1, PIPELINE_ATTEMPTS, str(error).splitlines()[0])
-    missing = len(list(iter_manifest(filesystem, root))) - len(done_chunks(filesystem, root))
-    if missing:
-        raise MscError(f"{missing} chunks have no output; rerun the same command to finish them")
-    counts = assemble(filesystem, root, formats=formats)
+    window_config(args)  # refuses bad window options with the CLI's words
+    counts = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
+                           limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
+                           num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
+                           address=args.address, num_cpus=args.num_cpus)
+    changes = ", ".join(f"{counts[name]} {name}" for name in ("new", "changed", "deleted", "unchanged", "repaired"))
     summary(f"msc infer: {counts['files']} files, {counts['ok']} ok ({counts['music']} music, "
-          f"{counts['speech']} speech), {counts['errors']} failed; results in {args.out}")
+            f"{counts['speech']} speech), {counts['errors']} failed ({changes}); results in {args.out}")
     return 1 if counts["errors"] else 0
 
 

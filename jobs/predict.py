@@ -31,15 +31,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Label each file and print the results; 1 if any file failed."""
+    from msc_core.engine import process_file
     from msc_core.isolation import shared_child
-    from msc_core.labelling import format_label, label_dict, label_file, load_model, warm_up
+    from msc_core.labelling import FileLabel, format_label, label_dict, label_features, load_model, warm_up
 
-    window_config(args)  # refuses bad options before the model loads
+    config = window_config(args)  # refuses bad options before the model loads
     limits = decode_limits(args)
     model = load_model(args.model)
     child = None if args.no_isolation else shared_child(warm_up=warm_up)
-    labels = [label_file(path, model, window=args.window, hop_s=args.hop, limits=limits, child=child)
-              for path in args.files]
+    labels = []
+    for path in args.files:  # the jobs' per-file step, so that a file fails here as it fails in msc infer
+        result = process_file(path, config, limits=limits, child=child)
+        labels.append(label_features(result.features, model) if result.features is not None else
+                      FileLabel.failed(path, result.message, model_id=model.model_id, feature_hash=model.config.hash))
     if args.json:
         print(json.dumps([label_dict(label) for label in labels], indent=1))
     else:

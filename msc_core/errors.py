@@ -65,3 +65,11 @@ class ParameterError(MscError, ValueError):
 
 class OutputExistsError(MscError, FileExistsError):
     """An output location is taken by something msc must not overwrite (e.g. ``--out`` names a file)."""
+
+
+class StorageFullError(MscError, OSError):
+    """The output device or bucket has no space left: the job stopped, its last committed snapshot intact."""
+
+
+class CorruptShardError(InputError):
+    """A shard or part file is truncated, fails its checksums or is not Parquet; the message names the file."""

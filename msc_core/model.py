@@ -371,6 +371,78 @@ def set_temperature(path: str | os.PathLike, *, temperature: float, fitted_on: M
         sink.write(json.dumps(metadata, indent=1).encode())
 
 
+MAX_WEIGHT_BYTES = 2 ** 30
+"""Most bytes of weights (float32) a model archive may declare; larger ones are refused before Keras builds them."""
+
+_SIZE_KEYS = ("units", "filters", "input_dim", "output_dim")
+
+
+def _finite_positive(value: Any) -> bool:
+    """Whether ``value`` is a number (not a bool), finite and > 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _metadata_problem(metadata: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``model.json``'s values (types, sizes, the calibration temperature), or None."""
+    calibration = metadata.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict) or not _finite_positive(calibration.get("temperature")):
+            return (f"calibration.temperature must be a finite number > 0, not "
+                    f"{calibration.get('temperature') if isinstance(calibration, dict) else calibration!r}")
+    for key in ("widths", "dense"):
+        value = metadata.get(key)
+        if value is not None and (not isinstance(value, list) or not all(
+                isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 2 ** 16 for size in value)):
+            return f"{key} must be a list of whole numbers in 1..65536, not {value!r}"
+    return None
+
+
+def _declared_weight_bytes(archive: Path) -> int:
+    """Bytes of float32 weights the layers of a ``.keras`` archive's ``config.json`` would allocate (estimated).
+
+    Read from the archive's configuration alone, before Keras builds
+    anything: Dense, convolution, Embedding and normalization layers are
+    sized from their settings and ``build_config`` input shapes; a layer whose
+    input size is not declared counts as taking one input channel.
+
+    Raises
+    ------
+    ModelLoadError
+        Not a zip archive with a readable ``config.json``.
+    """
+    try:
+        with zipfile.ZipFile(archive) as members:
+            if sum(info.file_size for info in members.infolist()) > 2 * MAX_WEIGHT_BYTES:
+                return sum(info.file_size for info in members.infolist())
+            config = json.loads(members.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise ModelLoadError(f"{archive}: cannot be loaded safely: not a readable Keras archive ({error})") \
+            from error
+    total = 0
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        settings = node.get("config")
+        if "class_name" not in node or not isinstance(settings, dict):
+            continue
+        sizes = [settings.get(key) for key in _SIZE_KEYS if isinstance(settings.get(key), int)]
+        kernel = settings.get("kernel_size") or [1]
+        kernel = [kernel] if isinstance(kernel, int) else kernel
+        shape = ((node.get("build_config") or {}).get("input_shape") or [None])
+        channels = shape[-1] if shape and isinstance(shape[-1], int) else 1
+        if sizes and all(isinstance(k, int) for k in kernel):
+            total += math.prod(kernel) * math.prod(sizes) * (channels if "input_dim" not in settings else 1) * 4
+        elif "BatchNormalization" in str(node.get("class_name")):
+            total += 4 * channels * 4
+    return total
+
+
 def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | None = None) -> MscModel:
     """Load and check an msc model directory written by :func:`save_model_dir`.
 
@@ -390,7 +462,10 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     ModelLoadError
         Missing or unreadable files, a hash in ``model.json`` that does not
         match ``feature_config.json``, a model Keras refuses in safe mode (for
-        example one with a ``Lambda`` layer), or wrong input/output shapes.
+        example one with a ``Lambda`` layer), wrong input/output shapes, values
+        of ``model.json`` of the wrong type or size (a calibration temperature
+        that is not finite and > 0), or an archive declaring more than
+        :data:`MAX_WEIGHT_BYTES` of weights (refused before anything is built).
     FeatureConfigMismatchError
         ``expected_config`` differs from the model's features.
     """
@@ -416,10 +491,18 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     if metadata.get("feature_hash") != config.hash:
         raise ModelLoadError(f"{path}: {METADATA_FILE} names feature hash {metadata.get('feature_hash')}, "
                              f"but {FEATURE_CONFIG_FILE} has {config.hash}")
-    if metadata.get("labels") != list(LABELS) or "model_id" not in metadata:
-        raise ModelLoadError(f"{path}: {METADATA_FILE} must hold a model_id and labels {list(LABELS)}")
+    if metadata.get("labels") != list(LABELS) or not isinstance(metadata.get("model_id"), str) \
+            or not metadata["model_id"]:
+        raise ModelLoadError(f"{path}: {METADATA_FILE} must hold a model_id (text) and labels {list(LABELS)}")
+    problem = _metadata_problem(metadata)
+    if problem:
+        raise ModelLoadError(f"{path}: {METADATA_FILE}: {problem}")
     if expected_config is not None:
         require_same_features(expected_config, config, what=f"features offered vs model {path}")
+    declared = _declared_weight_bytes(path / MODEL_FILE)
+    if declared > MAX_WEIGHT_BYTES:
+        raise ModelLoadError(f"{path / MODEL_FILE}: declares about {declared / 2 ** 30:.1f} GiB of weights, over the "
+                             f"{MAX_WEIGHT_BYTES / 2 ** 30:g} GiB msc loads; refused before loading")
     try:
         model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many types for bad archives; all mean "cannot load"

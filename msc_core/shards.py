@@ -36,8 +36,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import FeatureConfig, msc_version
-from .errors import FeatureConfigMismatchError, InputError
+from .errors import CorruptShardError, FeatureConfigMismatchError, InputError
+from .storage import resolve_filesystem
 
+SHARDS_DIR = "shards"
+"""Folder of a featurize output that holds the shards."""
 CONFIG_KEY = b"msc.feature_config"
 VERSION_KEY = b"msc.version"
 
@@ -93,13 +96,6 @@ def windows_table(config: FeatureConfig, *, codes: np.ndarray, columns: Mapping[
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for local paths and URIs (s3://, gs://)."""
-    if "://" not in path:
-        return pafs.LocalFileSystem(), path
-    return pafs.FileSystem.from_uri(path)
-
-
 @contextlib.contextmanager
 def atomic_output(path: str, *, filesystem: pafs.FileSystem | None = None) -> Iterator[pa.NativeFile]:
     """An output stream whose bytes appear under ``path`` only once it is complete.
@@ -124,26 +120,77 @@ def atomic_output(path: str, *, filesystem: pafs.FileSystem | None = None) -> It
 
 
 def write_atomic(table: pa.Table, path: str, *, filesystem: pafs.FileSystem | None = None,
-                 compression: str = "zstd", compression_level: int | None = 1, row_group_rows: int = 1024) -> None:
-    """Write ``table`` as Parquet to ``path`` through :func:`atomic_output`.
+                 compression: str = "zstd", compression_level: int | None = 1, row_group_rows: int = 1024) -> int:
+    """Write ``table`` as Parquet to ``path`` through :func:`atomic_output`; returns the file's size in bytes.
 
     The ``codes`` column is written plain (no dictionary, no statistics): zstd
     level 1 stores a window in about 22 KB for about 0.1 ms, against about
     27 ms to featurize it. Row groups of ``row_group_rows`` windows (about 28 MB)
-    bound a reader's memory.
+    bound a reader's memory. Every data page carries a CRC checksum, which
+    :func:`iter_batches` verifies, so a flipped bit is an error, not other features.
     """
     small_columns = [name for name in table.column_names if name != "codes"]
     with atomic_output(path, filesystem=filesystem) as sink:
         pq.write_table(table, sink, compression=compression, compression_level=compression_level,
                        row_group_size=row_group_rows, use_dictionary=small_columns,
-                       write_statistics=small_columns)
+                       write_statistics=small_columns, write_page_checksum=True)
+        return sink.tell()
+
+
+class ShardWriter:
+    """Collects whole files' windows and writes a shard whenever ``shard_bytes`` of codes are pending.
+
+    Shards are named ``<prefix>-<n>.parquet`` (n = 000, 001, ...) in
+    ``folder`` and written with :func:`write_atomic`; :attr:`written` lists
+    ``(name, bytes)`` of each. A file's windows never straddle two shards, so
+    a worker holds at most ``shard_bytes`` plus one file's codes.
+
+    Parameters
+    ----------
+    folder : str
+        Local folder or URI prefix.
+    prefix : str
+    config : FeatureConfig
+    shard_bytes : int
+        Most bytes of codes per shard.
+    """
+
+    def __init__(self, folder: str, *, prefix: str, config: FeatureConfig, shard_bytes: int):
+        self.folder, self.prefix, self.config, self.shard_bytes = folder.rstrip("/"), prefix, config, shard_bytes
+        self.written: list[tuple[str, int]] = []
+        self._columns: list[Mapping[str, Sequence]] = []
+        self._codes: list[np.ndarray] = []
+        self._bytes = 0
+
+    def add(self, columns: Mapping[str, Sequence], codes: np.ndarray) -> None:
+        """Queue one file's windows: ``codes`` uint8 (W, n_mels, frames) and the other columns (each of length W)."""
+        if self._bytes and self._bytes + codes.nbytes > self.shard_bytes:
+            self._flush()
+        self._columns.append(columns)
+        self._codes.append(codes)
+        self._bytes += codes.nbytes
+
+    def close(self) -> None:
+        """Write what is still queued."""
+        if self._codes:
+            self._flush()
+
+    def _flush(self) -> None:
+        merged = {name: [value for part in self._columns for value in part[name]] for name in self._columns[0]}
+        table = windows_table(self.config, codes=np.concatenate(self._codes), columns=merged)
+        name = f"{self.prefix}-{len(self.written):03d}.parquet"
+        self.written.append((name, write_atomic(table, f"{self.folder}/{name}")))
+        self._columns, self._codes, self._bytes = [], [], 0
 
 
 def read_feature_config(path: str, *, filesystem: pafs.FileSystem | None = None) -> FeatureConfig:
     """The FeatureConfig stored in one shard's Parquet metadata."""
     if filesystem is None:
         filesystem, path = resolve_filesystem(path)
-    schema = pq.read_schema(path, filesystem=filesystem)
+    try:
+        schema = pq.read_schema(path, filesystem=filesystem)
+    except (pa.ArrowException, OSError) as error:
+        raise CorruptShardError(f"{path}: unreadable shard ({error})") from error
     stored = (schema.metadata or {}).get(CONFIG_KEY)
     if stored is None:
         raise FeatureConfigMismatchError(f"{path}: not an msc shard (no {CONFIG_KEY.decode()} metadata)")
@@ -164,16 +211,24 @@ def iter_batches(paths: Sequence[str], config: FeatureConfig, *, columns: Sequen
             raise FeatureConfigMismatchError(f"{path}: shard features {found.hash} differ from {config.hash}")
         wanted = list(dict.fromkeys([*columns, *(["split"] if filter_split else [])]))
         with fs.open_input_file(inner) as handle:
-            reader = pq.ParquetFile(handle)
-            for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted):
-                if filter_split is not None:
-                    batch = batch.filter(pc.equal(batch.column("split"), filter_split))
-                if batch.num_rows:
-                    yield batch.select(list(columns))
+            try:
+                reader = pq.ParquetFile(handle, page_checksum_verification=True)
+                for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted):
+                    if filter_split is not None:
+                        batch = batch.filter(pc.equal(batch.column("split"), filter_split))
+                    if batch.num_rows:
+                        yield batch.select(list(columns))
+            except (pa.ArrowException, OSError) as error:
+                raise CorruptShardError(f"{path}: damaged shard ({error}); rerun msc featurize with the same "
+                                        "--out to redo it") from error
 
 
 def list_shards(source: str | Sequence[str]) -> list[str]:
-    """Shard files of a featurize output folder (``DIR/shards/*.parquet``), a folder of shards, or a list.
+    """Shard files of a featurize output folder, a folder of shards, or a list.
+
+    A featurize output folder gives the shards of its last committed snapshot
+    (:class:`msc_core.engine.FileRecords`), never files of a run in progress or
+    killed; a plain folder gives its ``shards/*.parquet`` or ``*.parquet``.
 
     Parameters
     ----------
@@ -186,12 +241,21 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
     InputError
         A folder that holds no shards.
     """
+    from .engine import FileRecords, committed_parts
+    from .sources import is_uri
+
     if not isinstance(source, str):
-        return [path if "://" in path else os.path.abspath(path) for path in source]
-    if "://" not in source:
+        return [path if is_uri(path) else os.path.abspath(path) for path in source]
+    if not is_uri(source):
         source = os.path.abspath(source)
     if source.endswith(".parquet"):
         return [source]
+    records = FileRecords(source)
+    if records.version() is not None:  # a featurize output: its last committed snapshot
+        found = sorted(name for name in committed_parts(records.read(["parts"])) if name.startswith(f"{SHARDS_DIR}/"))
+        if not found:
+            raise InputError(f"{source}: its last committed snapshot holds no shards")
+        return [f"{source.rstrip('/')}/{name}" for name in found]
     filesystem, inner = resolve_filesystem(source)
     prefix = "" if "://" not in source else source[:source.index("://") + 3]
     for folder in (f"{inner.rstrip('/')}/shards", inner.rstrip("/")):

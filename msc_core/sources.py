@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -334,8 +335,11 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
     """Items of a CSV or Parquet manifest: ``path``, ``label`` and optional ``group``, ``genre``, ``split``.
 
     Read in record batches, so a manifest of millions of rows is never held whole.
-    Relative paths are resolved against the manifest's folder. An empty or
-    null label means unlabelled; a missing or empty group means the file itself.
+    Relative paths are resolved against the manifest's folder; unless
+    ``allow_outside``, a path whose real location (symbolic links resolved)
+    leaves that folder is refused. Numeric cells are read as their decimal
+    text (group ``0`` is the group "0", ``7.0`` is "7"). An empty, null or
+    NaN label means unlabelled; a missing, empty or NaN group means the file itself.
     A ``split`` column (train/val/test) fixes splits as given, e.g. to hold out
     whole sources; the manifest's author then answers for groups not straddling.
 
@@ -345,10 +349,11 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
         Missing columns, labels outside :data:`msc_core.config.LABELS`, splits outside :data:`SPLITS`, empty
         paths, or (unless ``allow_outside``) paths leaving the manifest's folder.
     """
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from .shards import resolve_filesystem
+    from .storage import resolve_filesystem
 
     filesystem, inner = resolve_filesystem(manifest)
     remote = is_uri(manifest)
@@ -358,38 +363,57 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
     except OSError as error:
         raise InputError(f"{manifest}: cannot open the manifest ({error})") from error
     with handle:
-        if manifest.lower().endswith(".parquet"):
-            batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
-        else:
-            convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types={
-                name: "string" for name in ("path", "label", "group", "genre", "split")})
-            batches = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=1 << 22),
-                                     convert_options=convert)
-        row = 1
-        for batch in batches:
-            columns = batch.to_pydict()
-            missing = {"path", "label"} - set(columns)
+        try:
+            if manifest.lower().endswith(".parquet"):
+                reader = pq.ParquetFile(handle)
+                names, batches = reader.schema_arrow.names, reader.iter_batches(batch_size=batch_rows)
+            else:
+                convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types={
+                    name: "string" for name in ("path", "label", "group", "genre", "split")})
+                batches = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                                         convert_options=convert)
+                names = batches.schema.names
+            missing = {"path", "label"} - set(names)
             if missing:
                 raise InputError(f"{manifest}: manifest lacks column(s) {', '.join(sorted(missing))} "
-                                 "(needs path,label[,group][,genre][,split])")
-            count = batch.num_rows
-            for path, label, group, genre, split in zip(columns["path"], columns["label"],
-                                                        columns.get("group", [None] * count),
-                                                        columns.get("genre", [None] * count),
-                                                        columns.get("split", [None] * count)):
-                row += 1
-                resolved = _resolve_manifest_path(path, base=base, remote=remote, allow_outside=allow_outside,
-                                                  where=f"{manifest} row {row}")
-                label = (label or "").strip().lower() or None
-                if label is not None and label not in LABELS:
-                    raise InputError(f"{manifest} row {row}: label {label!r} is not one of {', '.join(LABELS)} "
-                                     "or empty")
-                split = (split or "").strip().lower() or None
-                if split is not None and split not in SPLITS:
-                    raise InputError(f"{manifest} row {row}: split {split!r} is not one of {', '.join(SPLITS)} "
-                                     "or empty")
-                yield Item(resolved, label, str(group) if group else resolved, genre or None,
-                           split if label else None)
+                                 "(needs a header row path,label[,group][,genre][,split])")
+            yield from _manifest_items(batches, manifest=manifest, base=base, remote=remote,
+                                       allow_outside=allow_outside)
+        except pa.ArrowException as error:
+            raise InputError(f"{manifest}: not a readable manifest ({error})") from error
+
+
+def _manifest_items(batches, *, manifest: str, base: str, remote: bool, allow_outside: bool) -> Iterator[Item]:
+    row = 1
+    for batch in batches:
+        columns = batch.to_pydict()
+        count = batch.num_rows
+        for path, label, group, genre, split in zip(columns["path"], columns["label"],
+                                                    columns.get("group", [None] * count),
+                                                    columns.get("genre", [None] * count),
+                                                    columns.get("split", [None] * count)):
+            row += 1
+            resolved = _resolve_manifest_path(_text(path), base=base, remote=remote, allow_outside=allow_outside,
+                                              where=f"{manifest} row {row}")
+            label = (_text(label) or "").lower() or None
+            if label is not None and label not in LABELS:
+                raise InputError(f"{manifest} row {row}: label {label!r} is not one of {', '.join(LABELS)} "
+                                 "or empty")
+            split = (_text(split) or "").lower() or None
+            if split is not None and split not in SPLITS:
+                raise InputError(f"{manifest} row {row}: split {split!r} is not one of {', '.join(SPLITS)} "
+                                 "or empty")
+            yield Item(resolved, label, _text(group) or resolved, _text(genre), split if label else None)
+
+
+def _text(value) -> str | None:
+    """A manifest cell as text: numbers as their decimal text (``0`` is group "0", ``3.0`` is "3"),
+    strings stripped; None, NaN and empty strings give None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() or None
 
 
 def _resolve_manifest_path(path: str | None, *, base: str, remote: bool, allow_outside: bool, where: str) -> str:
@@ -407,7 +431,8 @@ def _resolve_manifest_path(path: str | None, *, base: str, remote: bool, allow_o
         escapes = ".." in _parts(path)
     else:
         joined = os.path.normpath(os.path.join(base, path))
-        escapes = not joined.startswith(base.rstrip(os.sep) + os.sep)
+        real_base = os.path.realpath(base)
+        escapes = not os.path.realpath(joined).startswith(real_base.rstrip(os.sep) + os.sep)  # links resolved
     if escapes and not allow_outside:
         raise InputError(f"{where}: {path} leaves the manifest's folder (pass --allow-outside to allow it)")
     return joined

@@ -9,13 +9,48 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
 from .errors import OutputExistsError
-from .shards import resolve_filesystem
 from .sources import is_uri
+
+
+def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for local paths and URIs (s3://, gs://)."""
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), path.removeprefix("file://")
+    return pafs.FileSystem.from_uri(path)
+
+
+def file_sizes(folder: str) -> dict[str, int]:
+    """Size in bytes of every file under ``folder`` (recursively), keyed by its path relative to ``folder``.
+
+    Empty when ``folder`` does not exist.
+    """
+    filesystem, inner = resolve_filesystem(folder)
+    inner = inner.rstrip("/")
+    selector = pafs.FileSelector(inner, allow_not_found=True, recursive=True)
+    return {info.path[len(inner) + 1:]: info.size for info in filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.File}
+
+
+def make_dirs(folders: Iterable[str]) -> None:
+    """Create ``folders`` with their parents (a no-op on object stores, which have no folders)."""
+    for folder in folders:
+        filesystem, inner = resolve_filesystem(folder)
+        filesystem.create_dir(inner, recursive=True)
+
+
+def delete_files(folder: str, names: Iterable[str]) -> None:
+    """Delete the files ``names`` (relative to ``folder``); files already gone are ignored."""
+    filesystem, inner = resolve_filesystem(folder)
+    for name in names:
+        try:
+            filesystem.delete_file(f"{inner.rstrip('/')}/{name}")
+        except FileNotFoundError:
+            continue
 
 
 def exists(path: str) -> bool:

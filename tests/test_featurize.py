@@ -160,7 +160,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_p
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(list((killed / "_chunks").glob("*.json"))) < 3:
+        while not list((killed / "_files" / "_delta_log").glob("*.json")):  # a first batch committed
             assert process.poll() is None and time.monotonic() < deadline, "job ended before it could be killed"
             time.sleep(0.02)
     finally:
@@ -170,7 +170,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_p
     (killed / "shards/part-0123456789abcdef-000.parquet.tmp-deadbeef").write_bytes(b"half a shard")
     assert featurize(*args, "--out", killed) == 0
     resumed = json.loads((killed / "manifest.json").read_text())
-    assert 3 <= resumed["chunks_reused"] < resumed["chunks"] == 16
+    assert 1 <= resumed["chunks_reused"] < resumed["chunks"] == 16
     assert not list(killed.rglob("*.tmp-*"))
 
     clean = tmp_path / "clean"

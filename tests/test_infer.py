@@ -19,6 +19,7 @@ import soundfile as sf
 from jobs.cli import main
 from msc_core import synth
 from msc_core.config import PAPER
+from msc_core.engine import FileRecords, committed_parts
 from tests.conftest import REPO, write_audio
 
 LONG_SECONDS = 610.0
@@ -116,19 +117,21 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(ray_local, model_di
     parts = out / "parts" / "predictions"
     try:
         deadline = time.monotonic() + 150
-        while not list(parts.glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+        while (not list((out / "_files" / "_delta_log").glob("*.json")) and process.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal_number)
         process.wait()
-    before = {path.name: path.stat().st_mtime_ns for path in parts.glob("*.parquet")}
+    committed = {Path(name).name for name in committed_parts(FileRecords(str(out)).read()) if "predictions" in name}
+    before = {name: (parts / name).stat().st_mtime_ns for name in committed}
     assert 1 <= len(before) < len(paths), "the job must be killed midway"
     assert not (out / "predictions.parquet").exists()
 
     assert main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "1"]) == 0
     after = {path.name: path.stat().st_mtime_ns for path in parts.glob("*.parquet")}
     assert len(after) == len(paths)
-    assert all(after[name] == mtime for name, mtime in before.items())  # done chunks were skipped
+    assert all(after[name] == mtime for name, mtime in before.items())  # committed chunks were skipped
     predictions = pq.read_table(out / "predictions.parquet").to_pandas()
     assert sorted(predictions["path"]) == sorted(map(str, paths))
     assert (predictions["status"] == "ok").all()

@@ -15,7 +15,7 @@ from msc_core import depth
 from msc_core.config import PAPER
 from msc_core.errors import FeatureConfigMismatchError, ModelLoadError
 from msc_core.model import (LABELS, MscModel, architecture, build_cnn, build_model, decode_stage,
-                            import_paper_model, load_model_dir, save_model_dir)
+                            import_paper_model, load_model_dir, save_model_dir, set_temperature)
 
 
 @pytest.fixture(scope="module")
@@ -238,4 +238,42 @@ def test_load_refuses_lambda_layers(trained_dir, tmp_path):
     probs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(scaled))
     keras.Model(codes, probs).save(broken / "model.keras")
     with pytest.raises(ModelLoadError, match="Lambda"):
+        load_model_dir(broken)
+
+
+@pytest.mark.parametrize("temperature", [-1, 0, float("nan"), float("inf"), "2", True])
+def test_load_refuses_bad_calibration_temperatures(trained_dir, tmp_path, temperature):
+    broken = tampered(trained_dir, tmp_path)
+    metadata = json.loads((broken / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({**metadata, "calibration": {"temperature": temperature}}))
+    with pytest.raises(ModelLoadError, match="temperature must be a finite number > 0"):
+        load_model_dir(broken)
+    with pytest.raises(ValueError, match="finite number"):
+        set_temperature(trained_dir, temperature=float("inf"), fitted_on={})
+
+
+def test_load_refuses_bad_metadata_types(trained_dir, tmp_path):
+    broken = tampered(trained_dir, tmp_path)
+    metadata = json.loads((broken / "model.json").read_text())
+    for bad in ({"model_id": 7}, {"widths": [4, -8, 8]}, {"dense": "big"}):
+        (broken / "model.json").write_text(json.dumps({**metadata, **bad}))
+        with pytest.raises(ModelLoadError, match="model_id|widths|dense"):
+            load_model_dir(broken)
+
+
+def test_load_refuses_huge_declared_layers_before_building_them(trained_dir, tmp_path):
+    import zipfile
+
+    broken = tampered(trained_dir, tmp_path)
+    with zipfile.ZipFile(trained_dir / "model.keras") as source:
+        members = {info.filename: source.read(info) for info in source.infolist()}
+    config = json.loads(members["config.json"])
+    text = json.dumps(config).replace('"units": 2,', '"units": 2000000000,', 1)
+    assert text != json.dumps(config)
+    members["config.json"] = text.encode()
+    with zipfile.ZipFile(broken / "model.keras", "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    assert (broken / "model.keras").stat().st_size < 1_000_000
+    with pytest.raises(ModelLoadError, match="GiB of weights.*refused before loading"):
         load_model_dir(broken)

@@ -110,6 +110,9 @@ def test_manifest_may_not_escape_its_folder_unless_allowed(tmp_path, row):
 
 
 @pytest.mark.parametrize("text, match", [("path,group\na.wav,g\n", "lacks column"),
+                                         ("", "not a readable manifest"),
+                                         ("a.wav,music\n", "lacks column"),
+                                         ("path,label\na.wav,1\n", "not one of"),
                                          ("path,label\na.wav,noise\n", "not one of"),
                                          ("path,label\n,music\n", "empty path"),
                                          ("path,label,split\na.wav,music,holdout\n", "not one of")])
@@ -117,6 +120,28 @@ def test_malformed_manifests(tmp_path, text, match):
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(InputError, match=match):
         list(sources.iter_items([str(tmp_path / "m.csv")]))
+
+
+def test_numeric_and_nan_cells_in_parquet_manifests(tmp_path):
+    pq.write_table(pa.table({"path": ["a.wav", "b.wav", "c.wav", "d.wav"], "label": ["music"] * 4,
+                             "group": [0.0, 1.0, float("nan"), 0.0], "split": [None, None, None, None]}),
+                   tmp_path / "m.parquet")
+    items = list(sources.iter_items([str(tmp_path / "m.parquet")]))
+    assert [item.group for item in items] == ["0", "1", str(tmp_path / "c.wav"), "0"]  # 0 is a group, NaN none
+    pq.write_table(pa.table({"path": ["a.wav"], "label": [1]}), tmp_path / "n.parquet")
+    with pytest.raises(InputError, match="label '1' is not one of"):
+        list(sources.iter_items([str(tmp_path / "n.parquet")]))
+
+
+def test_manifest_folder_check_resolves_links(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/secret.wav").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "sub" / "link")
+    (tmp_path / "sub/m.csv").write_text("path,label\nlink/secret.wav,music\n")
+    with pytest.raises(InputError, match="leaves the manifest's folder"):
+        list(sources.iter_items([str(tmp_path / "sub/m.csv")]))
+    assert len(list(sources.iter_items([str(tmp_path / "sub/m.csv")], allow_outside=True))) == 1
 
 
 def test_manifest_layout_needs_manifests(tmp_path):
