@@ -105,7 +105,7 @@ def test_featurize_survives_losing_a_node(cluster, audio, tmp_path):
     started = time.monotonic()
     process = start_driver(cluster, "jobs.featurize", str(audio), "--out", str(out), "--files-per-task", "1",
                            "--hop", "2.5", "--quiet")
-    wait_then(process, lambda: (len(list((out / "_files" / "_delta_log").glob("*.json"))) >= 1
+    wait_then(process, lambda: (len(list((out / "_files" / "_delta_log").glob("0*.json"))) >= 1
                                 and busy_on_worker_node(cluster, "featurize_chunk")),
               lambda: remove_worker_node(cluster))
     assert not (out / "manifest.json").exists()

@@ -160,7 +160,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_local, tmp_p
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list((killed / "_files" / "_delta_log").glob("*.json")):  # a first batch committed
+        while not list((killed / "_files" / "_delta_log").glob("0*.json")):  # a first batch committed
             assert process.poll() is None and time.monotonic() < deadline, "job ended before it could be killed"
             time.sleep(0.02)
     finally:

@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(ray_local, model_di
     parts = out / "parts" / "predictions"
     try:
         deadline = time.monotonic() + 150
-        while (not list((out / "_files" / "_delta_log").glob("*.json")) and process.poll() is None
+        while (not list((out / "_files" / "_delta_log").glob("0*.json")) and process.poll() is None
                and time.monotonic() < deadline):
             time.sleep(0.05)
     finally:
