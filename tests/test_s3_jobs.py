@@ -93,7 +93,7 @@ def test_infer_and_predict_from_and_to_s3(s3_server, model_dir, tmp_path):
     assert len([key for key in parts if "/predictions/" in key]) == 3
     second = run_job(s3_server, *command)
     assert second.returncode == 1, second.stderr[-3000:]
-    assert "3 chunks already labelled, 0 to do" in second.stderr
+    assert "(0 new, 0 changed, 0 deleted, 6 unchanged, 0 repaired)" in second.stdout
     assert part_versions(bucket, "labels/out/parts") == parts
     pd.testing.assert_frame_equal(read_table(bucket, "labels/out/predictions.parquet"), predictions)
 
