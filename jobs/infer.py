@@ -501,9 +501,10 @@ def run(args: argparse.Namespace) -> int:
                            limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
                            num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
                            address=args.address, num_cpus=args.num_cpus)
-    changes = ", ".join(f"{counts[name]} {name}" for name in ("new", "changed", "deleted", "unchanged", "repaired"))
+    changes = "" if counts["new"] == counts["listed"] else " ({})".format(", ".join(  # said on reruns only
+        f"{counts[name]} {name}" for name in ("new", "changed", "deleted", "unchanged", "repaired")))
     summary(f"msc infer: {counts['files']} files, {counts['ok']} ok ({counts['music']} music, "
-            f"{counts['speech']} speech), {counts['errors']} failed ({changes}); results in {args.out}")
+            f"{counts['speech']} speech), {counts['errors']} failed{changes}; results in {args.out}")
     return 1 if counts["errors"] else 0
 
 
