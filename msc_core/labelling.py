@@ -71,7 +71,7 @@ from .audio import AudioStream, DecodeLimits
 from .config import LABELS, PAPER, FeatureConfig
 from .depth import featurize, featurize_hopped
 from .errors import AudioDecodeError, ChildProcessFailed, ModelLoadError
-from .segmentation import CueTracker, FrameCues, segment_timeline
+from .segmentation import SEGMENT_LABELS, CueTracker, FrameCues, segment_timeline
 
 if TYPE_CHECKING:
     from .isolation import ChildProcess
@@ -87,13 +87,16 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("music_fraction", pa.float64()), ("speech_fraction", pa.float64()), ("model_id", pa.string()),
     ("feature_hash", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("truncated", pa.bool_()), ("truncated_at_s", pa.float64()),
+    ("speech_s", pa.float64()), ("music_s", pa.float64()), ("silence_s", pa.float64()),
 ])
 """``predictions.parquet``: one row per input file (label and numbers null when ``status="error"``).
 
 ``truncated`` is True when ``DecodeLimits.max_windows`` cut the file: only its
 first ``windows`` windows, up to ``truncated_at_s`` seconds, were labelled
-(``truncated_at_s`` is null otherwise). Both columns were added last, so rows
-written before them read back with nulls there.
+(``truncated_at_s`` is null otherwise). ``speech_s``, ``music_s`` and
+``silence_s`` are the seconds of the file's segments with each label. Columns
+are only ever added at the end, so rows written before them read back with
+nulls there.
 """
 
 WINDOWS_SCHEMA = pa.schema([
@@ -183,6 +186,7 @@ class FileLabel:
     speech_fraction, model_id, feature_hash, status, error, truncated, truncated_at_s
         The row's fields (:data:`PREDICTIONS_SCHEMA`); with ``status="error"``
         the numbers and label are None, ``windows`` is 0 and ``error`` says why.
+        The row's ``speech_s``, ``music_s`` and ``silence_s`` are :meth:`seconds` of each label.
     window_start_s, window_end_s, window_p_music : np.ndarray, float64, shape (windows,)
         Per-window start, end of real audio (s) and music probability.
     segments : tuple of Segment
@@ -211,7 +215,14 @@ class FileLabel:
 
     def row(self) -> dict:
         """The ``predictions`` row: a dict keyed by :data:`PREDICTIONS_SCHEMA` names."""
-        return {name: getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+        seconds = {f"{label}_s": self.seconds(label) for label in SEGMENT_LABELS}
+        return {name: seconds[name] if name in seconds else getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+
+    def seconds(self, label: str) -> float | None:
+        """Seconds of the segments labelled ``label`` (None for a file that failed)."""
+        if self.status != "ok":
+            return None
+        return float(sum(segment.end_s - segment.start_s for segment in self.segments if segment.label == label))
 
     @classmethod
     def failed(cls, path: str, error: str, *, model_id: str, feature_hash: str) -> "FileLabel":

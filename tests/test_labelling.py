@@ -105,3 +105,13 @@ def test_a_truncated_file_is_flagged_and_its_segments_stop_at_the_cut():
         {"truncated": False, "truncated_at_s": None, "duration_s": None}]
     assert segments["end_s"].to_pylist()[-1] == 10.0
     assert "only the first 2 windows, up to 10.0 s" in format_label(label)
+
+
+def test_predictions_give_the_seconds_of_each_segment_label():
+    label = aggregate("a.wav", start_s=np.array([0.0, 5, 10]), end_s=np.array([5.0, 10, 12]), duration_s=12.0,
+                      probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), model_id="m", feature_hash="h")
+    predictions, _, _ = label_tables([label, FileLabel.failed("b.wav", "broken", model_id="m", feature_hash="h")])
+    rows = predictions.select(["speech_s", "music_s", "silence_s"]).to_pylist()
+    assert rows[0]["speech_s"] + rows[0]["music_s"] == pytest.approx(12.0) and rows[0]["silence_s"] == 0.0
+    assert rows[0]["speech_s"] == pytest.approx(label.segments[0].end_s)
+    assert rows[1] == {"speech_s": None, "music_s": None, "silence_s": None}
