@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/msc-broadcast"))
     parser.add_argument("--model", default=None, help="msc model directory (default: the bundled model)")
     parser.add_argument("--ina", default=None, metavar="PYTHON", help="python of an inaSpeechSegmenter venv")
+    parser.add_argument("--hops", default="5,1", help="msc window hops to run, s (5: back to back; 1: 0.9985 s)")
     args = parser.parse_args()
 
     started = time.time()
@@ -263,10 +264,10 @@ def main() -> None:
     model = load_model(args.model)
     label_features(featurize_file(items[0][0], window_config("all", 1.0)), model)  # warm-up: TF, numba, caches
     estimates, cpu = {}, {}
-    after, before, cpu["after, 5-s windows"] = run_msc(model, items, None)
-    estimates["before, 5-s windows"], estimates["after, 5-s windows"] = before, after
-    after, before, cpu["after, hop 1 s"] = run_msc(model, items, 1.0)
-    estimates["before, hop 1 s"], estimates["after, hop 1 s"] = before, after
+    for hop in args.hops.split(","):
+        name = "5-s windows" if float(hop) == 5 else f"hop {hop} s"
+        after, before, cpu[f"after, {name}"] = run_msc(model, items, float(hop))
+        estimates[f"before, {name}"], estimates[f"after, {name}"] = before, after
     if args.ina:
         estimates["inaSpeechSegmenter sm"], cpu["inaSpeechSegmenter sm"] = run_ina(args.ina, items)
 
