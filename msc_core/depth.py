@@ -49,16 +49,79 @@ def normalized_spectrograms(windows: np.ndarray, config: FeatureConfig) -> np.nd
     windows = np.asarray(windows, dtype=np.float32)
     single = windows.ndim == 1
     batch = windows[None] if single else windows
-    spectrum = librosa.stft(batch, n_fft=config.n_fft, hop_length=config.hop_length)
-    power = np.abs(spectrum) ** 2
+    fixed = _normalized_from_power(_power(batch, config), config)
+    return fixed[0] if single else fixed
+
+
+def shares_stft(hop_samples: int, config: FeatureConfig) -> bool:
+    """Whether windows ``hop_samples`` apart can share one STFT (:func:`featurize_hopped`).
+
+    They can when they overlap and each window starts on the STFT frame grid
+    of the first: ``hop_samples`` is a multiple of ``config.hop_length``
+    (512 samples, 23.2 ms), e.g. 43 frames = 22,016 samples = 0.9985 s.
+    """
+    return 0 < hop_samples < config.window_samples and hop_samples % config.hop_length == 0
+
+
+def featurize_hopped(windows: np.ndarray, *, hop_samples: int, config: FeatureConfig) -> np.ndarray:
+    """:func:`featurize` of consecutive windows of one signal, with one STFT for all of them.
+
+    The windows' signal is rebuilt from the rows, transformed once, and each
+    window takes its frames from that transform; only the three frames per
+    window that see the window's own zero padding (the first two and the last
+    kept) are transformed again from the window. The paper's per-window steps
+    (mel, dB against the window's peak, min-max, crop, colormap index) then run
+    on each window's slice exactly as :func:`featurize` runs them, so the codes
+    are bit-equal to ``featurize(windows, config)`` and to featurizing each
+    window alone. When
+    :func:`shares_stft` is false, this is :func:`featurize`.
+
+    Parameters
+    ----------
+    windows : np.ndarray, float, shape (B, config.window_samples)
+        Window ``i`` holds the signal from ``i * hop_samples`` on (zero-padded
+        after the signal's end), as :meth:`msc_core.audio.AudioStream.windows` cuts them.
+    hop_samples : int
+        Samples between window starts.
+    config : FeatureConfig
+
+    Returns
+    -------
+    np.ndarray, uint8, shape (B, n_mels, frames)
+    """
+    windows = np.asarray(windows, dtype=np.float32)
+    if len(windows) < 2 or not shares_stft(hop_samples, config):
+        return featurize(windows, config)
+    size, step = config.window_samples, config.hop_length
+    signal = np.concatenate([windows[:-1, :hop_samples].ravel(), windows[-1]])
+    shared = _power(signal, config)                      # (bins, signal frames)
+    per_window = 1 + size // step                        # frames of one window's centred STFT
+    offsets = np.arange(len(windows))[:, None] * (hop_samples // step) + np.arange(per_window)
+    power = np.moveaxis(shared[:, offsets], 0, 1)         # (B, bins, per_window)
+    edge = config.n_fft // (2 * step)                    # frames whose span reaches before the window
+    tail_frame = (size - config.n_fft // 2) // step + 1  # first frame whose span reaches past its end
+    head = _power(windows[:, :(edge + 2) * step + config.n_fft // 2], config)
+    power[:, :, :edge] = head[:, :, :edge]
+    tail_start = (tail_frame - edge - 2) * step
+    tail = _power(windows[:, tail_start:], config)
+    power[:, :, tail_frame:] = tail[:, :, tail_frame - tail_start // step:]
+    return encode(_normalized_from_power(power, config))
+
+
+def _power(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Centred, zero-padded STFT power of the last axis: shape (..., 1 + n_fft // 2, frames)."""
+    spectrum = librosa.stft(samples, n_fft=config.n_fft, hop_length=config.hop_length)
+    return np.abs(spectrum) ** 2
+
+
+def _normalized_from_power(power: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Steps 4-6 of a batch of power spectrograms (B, bins, T): mel, dB, min-max, crop to ``frames``."""
     basis = _mel_basis(config.sample_rate, config.n_fft, config.n_mels)
     # One product per window, as librosa computes it for one window: a batched product may take
     # another BLAS kernel (seen on AMD EPYC) and differ from the single-window path in the last bit.
     mel = np.stack([np.einsum("ft,mf->mt", window_power, basis, optimize=True) for window_power in power])
     db = _power_to_db_per_window(mel, top_db=config.top_db)
-    normalized = _min_max_per_window(db)
-    fixed = _fix_frames(normalized, config.frames)
-    return fixed[0] if single else fixed
+    return _fix_frames(_min_max_per_window(db), config.frames)
 
 
 def _power_to_db_per_window(power: np.ndarray, *, top_db: float, amin: float = 1e-10) -> np.ndarray:

@@ -11,11 +11,22 @@ How a file is labelled
    of its windows' probabilities; ``label`` is the argmax (speech on a tie),
    ``confidence`` the larger mean probability; ``music_fraction`` and
    ``speech_fraction`` are the shares of windows whose own argmax is that label.
-4. **Segments** (:func:`segments_of`): window ``i`` stands for the span from its
-   start to the next window's start (the last one to the end of the file), so
-   the spans tile the file from 0 to ``duration_s`` with no gap or overlap;
-   neighbouring spans with the same window label merge into one segment whose
-   ``confidence`` is the mean of its windows' top probability.
+4. **Segments** (:func:`segments_of`, :mod:`msc_core.segmentation`): each
+   window stands for the centre of its audio; the music probability is
+   interpolated between centres on a 10-ms grid, ``silence`` is found by
+   energy (no model), a Viterbi pass with minimum durations smooths the
+   labels, and speech/music boundaries move to the strongest spectral change
+   near them. Segments (``speech``, ``music``, ``silence``) tile the file from
+   0 to ``duration_s`` with boundaries on the 10-ms grid; a segment's
+   ``confidence`` is the mean probability of its label over its frames.
+   Silence and refinement need the file's frame cues, which
+   :func:`featurize_file` computes as it cuts the windows (``FileFeatures.cues``);
+   windows read back without them give speech/music segments only.
+
+Windows that overlap and start on the STFT frame grid (a hop that is a
+multiple of 512 samples at 22,050 Hz; :func:`window_config` rounds overlapping
+hops to it) share one STFT per batch (:func:`msc_core.depth.featurize_hopped`),
+with codes bit-equal to featurizing each window alone.
 
 A file that cannot be decoded gives a :class:`FileLabel` with
 ``status="error"`` and the decoder's reason in ``error`` (no exception).
@@ -58,8 +69,9 @@ import pyarrow as pa
 
 from .audio import AudioStream, DecodeLimits
 from .config import LABELS, PAPER, FeatureConfig
-from .depth import featurize
+from .depth import featurize, featurize_hopped
 from .errors import AudioDecodeError, ChildProcessFailed, ModelLoadError
+from .segmentation import SEGMENT_LABELS, CueTracker, FrameCues, segment_timeline
 
 if TYPE_CHECKING:
     from .isolation import ChildProcess
@@ -75,13 +87,16 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("music_fraction", pa.float64()), ("speech_fraction", pa.float64()), ("model_id", pa.string()),
     ("feature_hash", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("truncated", pa.bool_()), ("truncated_at_s", pa.float64()),
+    ("speech_s", pa.float64()), ("music_s", pa.float64()), ("silence_s", pa.float64()),
 ])
 """``predictions.parquet``: one row per input file (label and numbers null when ``status="error"``).
 
 ``truncated`` is True when ``DecodeLimits.max_windows`` cut the file: only its
 first ``windows`` windows, up to ``truncated_at_s`` seconds, were labelled
-(``truncated_at_s`` is null otherwise). Both columns were added last, so rows
-written before them read back with nulls there.
+(``truncated_at_s`` is null otherwise). ``speech_s``, ``music_s`` and
+``silence_s`` are the seconds of the file's segments with each label. Columns
+are only ever added at the end, so rows written before them read back with
+nulls there.
 """
 
 WINDOWS_SCHEMA = pa.schema([
@@ -93,7 +108,8 @@ SEGMENTS_SCHEMA = pa.schema([
     ("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()),
     ("confidence", pa.float64()),
 ])
-"""``segments.parquet``: merged runs of one label, tiling each ok file from 0 to its duration."""
+"""``segments.parquet``: runs of one label (``speech``, ``music`` or ``silence``), tiling each ok file
+from 0 to its duration, boundaries on the 10-ms grid (see the module docstring, step 4)."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +121,9 @@ class Segment:
     start_s, end_s : float
         Span in the file (s).
     label : str
-        ``"music"`` or ``"speech"``.
+        ``"speech"``, ``"music"`` or ``"silence"`` (:data:`~msc_core.segmentation.SEGMENT_LABELS`).
     confidence : float
-        Mean over the run's windows of their top probability.
+        Mean over the segment's 10-ms frames of its label's probability.
     """
 
     start_s: float
@@ -137,6 +153,9 @@ class FileFeatures:
     truncated_at_s : float or None
         When ``DecodeLimits.max_windows`` cut the file: the end of the last
         window taken (s); None otherwise.
+    cues : FrameCues or None
+        Level and band energies every 10 ms of the windows' audio (None when
+        the windows leave gaps between them).
     """
 
     path: str
@@ -147,6 +166,7 @@ class FileFeatures:
     sample_rate: int
     channels: int
     truncated_at_s: float | None = None
+    cues: FrameCues | None = field(default=None, repr=False)
 
     @classmethod
     def join(cls, parts: Sequence["FileFeatures"]) -> "FileFeatures":
@@ -166,6 +186,7 @@ class FileLabel:
     speech_fraction, model_id, feature_hash, status, error, truncated, truncated_at_s
         The row's fields (:data:`PREDICTIONS_SCHEMA`); with ``status="error"``
         the numbers and label are None, ``windows`` is 0 and ``error`` says why.
+        The row's ``speech_s``, ``music_s`` and ``silence_s`` are :meth:`seconds` of each label.
     window_start_s, window_end_s, window_p_music : np.ndarray, float64, shape (windows,)
         Per-window start, end of real audio (s) and music probability.
     segments : tuple of Segment
@@ -194,7 +215,14 @@ class FileLabel:
 
     def row(self) -> dict:
         """The ``predictions`` row: a dict keyed by :data:`PREDICTIONS_SCHEMA` names."""
-        return {name: getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+        seconds = {f"{label}_s": self.seconds(label) for label in SEGMENT_LABELS}
+        return {name: seconds[name] if name in seconds else getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+
+    def seconds(self, label: str) -> float | None:
+        """Seconds of the segments labelled ``label`` (None for a file that failed)."""
+        if self.status != "ok":
+            return None
+        return float(sum(segment.end_s - segment.start_s for segment in self.segments if segment.label == label))
 
     @classmethod
     def failed(cls, path: str, error: str, *, model_id: str, feature_hash: str) -> "FileLabel":
@@ -205,35 +233,34 @@ class FileLabel:
 
 
 # ---------------------------------------------------------------------------------------- pure maths
-def segments_of(start_s: np.ndarray, probs: np.ndarray, duration_s: float) -> tuple[Segment, ...]:
-    """Merge windows into runs of one label that tile ``[0, duration_s]``.
+def segments_of(start_s: np.ndarray, end_s: np.ndarray, probs: np.ndarray, duration_s: float, *,
+                cues: FrameCues | None = None) -> tuple[Segment, ...]:
+    """A file's segments from its windows (:func:`msc_core.segmentation.segment_timeline`).
 
     Parameters
     ----------
-    start_s : np.ndarray, float, shape (W,), W >= 1
-        Window starts (s), increasing, the first 0.
+    start_s, end_s : np.ndarray, float, shape (W,), W >= 1
+        Window starts and ends of real audio (s), increasing; a window stands
+        for the centre of its real audio.
     probs : np.ndarray, float, shape (W, 2)
         [speech, music] probabilities of each window.
     duration_s : float
         End of the file (s).
+    cues : FrameCues or None
+        The file's frame cues (silence, boundary refinement); None without them.
 
     Returns
     -------
     tuple of Segment
-        Window ``i`` covers ``[start_s[i], start_s[i + 1])``, the last one up to
-        ``duration_s``; equal neighbours merge.
+        Tiling ``[0, duration_s]``.
     """
-    winners = np.argmax(probs, axis=1)
-    top = np.max(probs, axis=1)
-    bounds = np.append(np.asarray(start_s, np.float64), max(float(duration_s), float(start_s[-1])))
-    change = np.flatnonzero(np.diff(winners)) + 1
-    runs = np.split(np.arange(len(winners)), change)
-    return tuple(Segment(float(bounds[run[0]]), float(bounds[run[-1] + 1]), LABELS[winners[run[0]]],
-                         float(top[run].mean())) for run in runs)
+    centre_s = (np.asarray(start_s, np.float64) + np.asarray(end_s, np.float64)) / 2
+    return tuple(Segment(*segment) for segment in segment_timeline(centre_s, probs, duration_s, cues=cues))
 
 
 def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: float, probs: np.ndarray,
-              model_id: str, feature_hash: str, truncated_at_s: float | None = None) -> FileLabel:
+              model_id: str, feature_hash: str, truncated_at_s: float | None = None,
+              cues: FrameCues | None = None) -> FileLabel:
     """One file's label from its windows' probabilities (mean, argmax, max; see the module docstring).
 
     Parameters
@@ -249,6 +276,8 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         Recorded in the row.
     truncated_at_s : float or None
         Where the windows of a file cut by ``max_windows`` end (s); its segments stop there.
+    cues : FrameCues or None
+        ``FileFeatures.cues``: with them the segments hold silence and refined boundaries.
     """
     probs = np.asarray(probs, np.float64)
     mean = probs.mean(axis=0)
@@ -261,7 +290,8 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         feature_hash=feature_hash, status="ok", error=None, truncated=truncated_at_s is not None,
         truncated_at_s=truncated_at_s, window_start_s=np.asarray(start_s, np.float64),
         window_end_s=np.asarray(end_s, np.float64), window_p_music=probs[:, MUSIC],
-        segments=segments_of(start_s, probs, duration_s if truncated_at_s is None else truncated_at_s))
+        segments=segments_of(start_s, end_s, probs, duration_s if truncated_at_s is None else truncated_at_s,
+                             cues=cues))
 
 
 def label_tables(labels: Iterable[FileLabel]) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -281,7 +311,15 @@ def label_tables(labels: Iterable[FileLabel]) -> tuple[pa.Table, pa.Table, pa.Ta
 
 # ---------------------------------------------------------------------------------------- features
 def window_config(window: Literal["first", "all"] = "all", hop_s: float | None = None) -> FeatureConfig:
-    """The paper's features with a window policy: ``"first"`` 5 s, or ``"all"`` every ``hop_s`` s (default 5)."""
+    """The paper's features with a window policy: ``"first"`` 5 s, or ``"all"`` every ``hop_s`` s (default 5).
+
+    A hop shorter than the window is rounded to the nearest whole number of
+    STFT frames (512 samples, 23.2 ms; at least one), so that the windows share
+    one STFT: ``hop_s=1`` gives 43 frames, 0.9985 s.
+    """
+    if hop_s is not None and 0 < hop_s < PAPER.window_seconds:
+        frame_s = PAPER.hop_length / PAPER.sample_rate
+        hop_s = max(1, round(hop_s / frame_s)) * frame_s
     return PAPER.with_window(mode=window, hop_seconds=hop_s)
 
 
@@ -294,18 +332,25 @@ def iter_features(source: str | os.PathLike | io.BufferedIOBase, config: Feature
     the parts let a child process stream a file's codes back batch by batch.
     Parameters as in :func:`featurize_file`.
     """
+    hop = config.hop_samples if config.window.mode == "all" else config.window_samples
+    tracker = CueTracker(sample_rate=config.sample_rate) if hop <= config.window_samples else None
     with AudioStream.open(source, name=name, limits=limits) as stream:
         rate, channels, last_end = stream.info.sample_rate, stream.info.channels, 0.0
         for batch in stream.windows(config, batch_windows=batch_windows):
             end_s = batch.start_s + batch.audio_s
             last_end = float(end_s[-1])
-            yield FileFeatures(stream.path, batch.start_s, end_s, featurize(batch.samples, config), stream.decoded_s,
+            if tracker is not None:
+                tracker.push_windows(batch.samples, np.round(batch.audio_s * config.sample_rate).astype(np.int64),
+                                     hop_samples=hop)
+            yield FileFeatures(stream.path, batch.start_s, end_s,
+                               featurize_hopped(batch.samples, hop_samples=hop, config=config), stream.decoded_s,
                                rate, channels)
         duration = stream.decoded_s
         if (config.window.mode == "first" or stream.truncated) and stream.info.duration_s:
             duration = max(duration, stream.info.duration_s)
         yield FileFeatures(stream.path, np.zeros(0), np.zeros(0), np.zeros((0, *config.encoded_shape), np.uint8),
-                           duration, rate, channels, truncated_at_s=last_end if stream.truncated else None)
+                           duration, rate, channels, truncated_at_s=last_end if stream.truncated else None,
+                           cues=None if tracker is None else tracker.finish())
 
 
 def warm_up() -> None:
@@ -393,7 +438,7 @@ def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int
     probs = model.predict_codes(features.codes, batch_size=batch_size)
     return aggregate(features.path, start_s=features.start_s, end_s=features.end_s, duration_s=features.duration_s,
                      probs=probs, model_id=model.model_id, feature_hash=model.config.hash,
-                     truncated_at_s=features.truncated_at_s)
+                     truncated_at_s=features.truncated_at_s, cues=features.cues)
 
 
 def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal["first", "all"] = "all",
@@ -410,7 +455,8 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
     window : {"all", "first"}
         Every window (default), or the paper's first 5 s only.
     hop_s : float or None
-        Seconds between window starts with ``window="all"`` (default: 5, back to back).
+        Seconds between window starts with ``window="all"`` (default: 5, back to
+        back); a shorter hop is rounded to whole STFT frames (:func:`window_config`).
     batch_size : int
         Windows per forward pass.
     limits, child
@@ -466,7 +512,7 @@ def format_label(label: FileLabel, *, segments: bool = True) -> str:
         lines.append(f"  truncated: only the first {label.windows} windows, up to {label.truncated_at_s:.1f} s, "
                      "were labelled")
     if segments:
-        lines += [f"  {s.start_s:9.2f} - {s.end_s:9.2f} s  {s.label:<6} {s.confidence:.2f}" for s in label.segments]
+        lines += [f"  {s.start_s:9.2f} - {s.end_s:9.2f} s  {s.label:<7} {s.confidence:.2f}" for s in label.segments]
     return "\n".join(lines)
 
 

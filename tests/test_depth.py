@@ -133,3 +133,21 @@ def test_silent_window_gives_zeros_in_layer_zero():
     assert not codes.any()
     dense = depth.decode(codes, PAPER)
     assert np.count_nonzero(dense[:, 0]) == 2 * 27_520 and not dense[:, 1:].any()
+
+
+def test_windows_sharing_one_stft_give_the_exact_codes(golden, ours):
+    """featurize_hopped is featurize, bit for bit, on the golden files' overlapping windows (padded tails too)."""
+    config = PAPER.with_window(hop_seconds=43 * PAPER.hop_length / PAPER.sample_rate, min_last_seconds=0)
+    assert depth.shares_stft(config.hop_samples, config) and not depth.shares_stft(22050, config)
+    for name, case in golden.items():
+        rows = np.concatenate([batch.samples for batch in audio.read_windows(case["path"], config)])
+        assert len(rows) >= 2, name
+        shared = depth.featurize_hopped(rows, hop_samples=config.hop_samples, config=config)
+        np.testing.assert_array_equal(shared, depth.featurize(rows, config), err_msg=name)
+        np.testing.assert_array_equal(depth.decode(shared[0], config), case["depth"], err_msg=name)
+
+
+def test_hops_off_the_frame_grid_fall_back_to_one_stft_per_window():
+    rows = np.random.default_rng(2).standard_normal((3, PAPER.window_samples)).astype(np.float32)
+    np.testing.assert_array_equal(depth.featurize_hopped(rows, hop_samples=22050, config=PAPER),
+                                  depth.featurize(rows, PAPER))

@@ -20,13 +20,17 @@ def tiny_model() -> MscModel:
     return MscModel(build_model(PAPER, widths=(2, 2, 2), dense=(4, 4), seed=0), PAPER, {"model_id": "tiny"})
 
 
-def test_segments_merge_runs_and_tile_the_file():
+def test_segments_stand_for_window_centres_and_tile_the_file():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
-    segments = segments_of(np.arange(5) * 5.0, probs, 23.5)
-    assert [(s.start_s, s.end_s, s.label) for s in segments] == [
-        (0.0, 10.0, "speech"), (10.0, 20.0, "music"), (20.0, 23.5, "speech")]
-    assert segments[0].confidence == pytest.approx(0.85)
-    assert segments[1].confidence == pytest.approx(0.65)
+    start = np.arange(5) * 5.0
+    segments = segments_of(start, np.minimum(start + 5, 23.5), probs, 23.5)
+    # centres 2.5, 7.5, 12.5, 17.5, 21.75 (the last window holds 3.5 s of audio); the music probability,
+    # interpolated between them, crosses 0.5 at 10.5 s and 19.625 s
+    assert [s.label for s in segments] == ["speech", "music", "speech"]
+    assert segments[0].start_s == 0.0 and segments[-1].end_s == 23.5
+    assert [s.end_s for s in segments[:2]] == pytest.approx([10.5, 19.62], abs=0.3)
+    assert all(s.end_s == round(s.end_s, 2) for s in segments)
+    assert all(0.5 < s.confidence < 1 for s in segments)
 
 
 def test_aggregate_is_mean_argmax_max():
@@ -101,3 +105,13 @@ def test_a_truncated_file_is_flagged_and_its_segments_stop_at_the_cut():
         {"truncated": False, "truncated_at_s": None, "duration_s": None}]
     assert segments["end_s"].to_pylist()[-1] == 10.0
     assert "only the first 2 windows, up to 10.0 s" in format_label(label)
+
+
+def test_predictions_give_the_seconds_of_each_segment_label():
+    label = aggregate("a.wav", start_s=np.array([0.0, 5, 10]), end_s=np.array([5.0, 10, 12]), duration_s=12.0,
+                      probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), model_id="m", feature_hash="h")
+    predictions, _, _ = label_tables([label, FileLabel.failed("b.wav", "broken", model_id="m", feature_hash="h")])
+    rows = predictions.select(["speech_s", "music_s", "silence_s"]).to_pylist()
+    assert rows[0]["speech_s"] + rows[0]["music_s"] == pytest.approx(12.0) and rows[0]["silence_s"] == 0.0
+    assert rows[0]["speech_s"] == pytest.approx(label.segments[0].end_s)
+    assert rows[1] == {"speech_s": None, "music_s": None, "silence_s": None}
