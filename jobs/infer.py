@@ -26,7 +26,10 @@ Output files under ``DIR``:
   written atomically, predictions last (its presence marks the chunk done);
 - ``predictions.parquet``/``.csv``, ``windows.parquet``, ``segments.parquet``/``.csv``:
   assembled atomically from the parts in manifest order once every chunk is done
-  (see :mod:`msc_core.labelling` for the columns and the aggregation rule).
+  (see :mod:`msc_core.labelling` for the columns and the aggregation rule); the
+  run summary is in the Parquet files' metadata, the CSVs carry 6 significant digits;
+- ``summary.json`` and ``report.html``: the run's facts and its report page
+  (:mod:`msc_core.report`), written last.
 
 A rerun with the same ``--out`` reuses the manifest and only processes chunks
 with no predictions part, so an interrupted job resumes with no duplicate and no
@@ -373,19 +376,20 @@ def done_chunks(filesystem, root: str) -> set[str]:
             if info.base_name.endswith(".parquet")}
 
 
-def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]:
+def assemble(filesystem, root: str, *, formats: Sequence[str], run_summary) -> None:
     """Concatenate every chunk's parts, in manifest order, into the final files (each written atomically).
 
-    Streams one part at a time. Returns counts: ``files``, ``ok``, ``errors``, ``music``, ``speech``.
+    Streams one part at a time; the predictions (assembled first) are counted
+    into ``run_summary`` (:class:`msc_core.report.RunSummary`), whose facts go into
+    every Parquet file's metadata; CSVs get :func:`msc_core.report.csv_table`.
     """
-    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from msc_core.labelling import PREDICTIONS_SCHEMA, SEGMENTS_SCHEMA, WINDOWS_SCHEMA
+    from msc_core.report import csv_schema, csv_table
     from msc_core.shards import atomic_output
 
-    counts = dict.fromkeys(("files", "ok", "errors", "music", "speech"), 0)
     schemas = {"predictions": PREDICTIONS_SCHEMA, "windows": WINDOWS_SCHEMA, "segments": SEGMENTS_SCHEMA}
     for kind, schema in schemas.items():
         targets = [f"{root}/{kind}.parquet"] if "parquet" in formats or kind == "windows" else []
@@ -394,22 +398,20 @@ def assemble(filesystem, root: str, *, formats: Sequence[str]) -> dict[str, int]
         with contextlib.ExitStack() as outputs:  # every target appears only once all are complete
             streams = [outputs.enter_context(atomic_output(target, filesystem=filesystem)) for target in targets]
             writers = [pq.ParquetWriter(stream, schema, compression="zstd") if target.endswith(".parquet")
-                       else pacsv.CSVWriter(stream, schema) for stream, target in zip(streams, targets)]
+                       else pacsv.CSVWriter(stream, csv_schema(schema)) for stream, target in zip(streams, targets)]
             try:
                 for chunk_id, _ in iter_manifest(filesystem, root):
                     table = pq.read_table(part_path(root, kind, chunk_id), filesystem=filesystem, schema=schema)
                     for writer in writers:
-                        writer.write_table(table)
+                        writer.write_table(table if isinstance(writer, pq.ParquetWriter) else csv_table(table))
                     if kind == "predictions":
-                        counts["files"] += len(table)
-                        for label in ("music", "speech"):
-                            counts[label] += pc.sum(pc.equal(table["label"], label)).as_py() or 0
-                        counts["errors"] += pc.sum(pc.not_equal(table["status"], "ok")).as_py() or 0
+                        run_summary.add(table)
+                for writer in writers:
+                    if isinstance(writer, pq.ParquetWriter):
+                        writer.add_key_value_metadata(run_summary.parquet_metadata())
             finally:
                 for writer in writers:
                     writer.close()
-    counts["ok"] = counts["files"] - counts["errors"]
-    return counts
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -451,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
 
     from msc_core.errors import InputError, MscError
     from msc_core.labelling import DEFAULT_MODEL_DIR, load_model
+    from msc_core.report import RunSummary, arguments_of, finish_run
     from msc_core.shards import resolve_filesystem
     from msc_core.storage import require_output_dir
 
@@ -464,11 +467,14 @@ def run(args: argparse.Namespace) -> int:
     limits = decode_limits(args)
     model = load_model(args.model)  # checks the model and its features before any work starts
     model_dir = str(args.model or DEFAULT_MODEL_DIR)
+    run_summary = RunSummary("infer", arguments=arguments_of(args), model_id=model.model_id, feature_hash=config.hash)
+    run_summary.mark("loading")
     filesystem, root = resolve_filesystem(args.out)
     root = root.rstrip("/")
     open_manifest(filesystem, root, sources=args.sources, chunk_files=args.chunk_files,
                   metadata=manifest_metadata(sources=args.sources, model_id=model.model_id, config=config,
                                              max_windows=limits.max_windows))
+    run_summary.mark("listing")
     for attempt in range(PIPELINE_ATTEMPTS):
         done = done_chunks(filesystem, root)
         pending = [{"chunk_id": chunk_id, "paths": paths} for chunk_id, paths in iter_manifest(filesystem, root)
@@ -485,10 +491,12 @@ def run(args: argparse.Namespace) -> int:
     missing = len(list(iter_manifest(filesystem, root))) - len(done_chunks(filesystem, root))
     if missing:
         raise MscError(f"{missing} chunks have no output; rerun the same command to finish them")
-    counts = assemble(filesystem, root, formats=formats)
-    summary(f"msc infer: {counts['files']} files, {counts['ok']} ok ({counts['music']} music, "
-          f"{counts['speech']} speech), {counts['errors']} failed; results in {args.out}")
-    return 1 if counts["errors"] else 0
+    run_summary.mark("labelling")
+    assemble(filesystem, root, formats=formats, run_summary=run_summary)
+    run_summary.mark("assembling")
+    for line in finish_run(args.out, run_summary):
+        summary(line)
+    return 1 if run_summary.failures else 0
 
 
 if __name__ == "__main__":

@@ -365,38 +365,28 @@ def gather_report_data(out: str, *, files: str | None = None, sample: int = REPO
         Files in the timeline sample.
     """
     pattern = re.compile(fnmatch.translate(files)) if files else None
-    uncertain: list = []   # heap of (-confidence, path, row): the k smallest confidences
-    sampled: list = []     # heap of (-crc, path, row): the k smallest CRCs
+    uncertain, sampled, failed, matched, matched_total = [], [], [], [], 0
     reasons: Counter = Counter()
-    failed, matched, matched_total = [], [], 0
     columns = ("path", "label", "confidence", "duration_s", "status", "error")
     for batch in iter_output(out, "predictions", columns):
-        rows = batch.to_pylist()
-        for row in rows:
-            if row["status"] != "ok":
-                reasons[row["error"] or "(no reason given)"] += 1
-                if len(failed) < REPORT_LIMITS["failed"]:
-                    failed.append({"path": row["path"], "error": row["error"]})
+        ok = []
+        for row in batch.to_pylist():
+            if row["status"] == "ok":
+                ok.append(row)
                 continue
-            _keep_smallest(uncertain, row["confidence"], row, REPORT_LIMITS["uncertain"])
-            _keep_smallest(sampled, zlib.crc32(row["path"].encode()), row, sample)
-            if pattern is not None and pattern.match(row["path"]):
-                matched_total += 1
-                if len(matched) < REPORT_LIMITS["matched"]:
-                    matched.append(row)
-    return ReportData(uncertain=[row for _, _, row in sorted((-key, path, row) for key, path, row in uncertain)],
-                      reasons=reasons.most_common(REPORT_LIMITS["reasons"]), failed=failed,
-                      sample=sorted((row for _, _, row in sampled), key=lambda row: row["path"]),
-                      matched=matched, matched_total=matched_total)
-
-
-def _keep_smallest(heap: list, key: float, row: dict, size: int) -> None:
-    """Keep in ``heap`` the ``size`` rows of smallest ``key`` (ties broken by path)."""
-    item = (-key, row["path"], row)
-    if len(heap) < size:
-        heapq.heappush(heap, item)
-    elif size and item[:2] > heap[0][:2]:
-        heapq.heapreplace(heap, item)
+            reasons[row["error"] or "(no reason given)"] += 1
+            if len(failed) < REPORT_LIMITS["failed"]:
+                failed.append({"path": row["path"], "error": row["error"]})
+        uncertain = heapq.nsmallest(REPORT_LIMITS["uncertain"], uncertain + ok,
+                                    key=lambda row: (row["confidence"], row["path"]))
+        sampled = heapq.nsmallest(sample, sampled + ok, key=lambda row: (zlib.crc32(row["path"].encode()), row["path"]))
+        if pattern is not None:
+            hits = [row for row in ok if pattern.match(row["path"])]
+            matched_total += len(hits)
+            matched += hits[:REPORT_LIMITS["matched"] - len(matched)]
+    return ReportData(uncertain=uncertain, reasons=reasons.most_common(REPORT_LIMITS["reasons"]), failed=failed,
+                      sample=sorted(sampled, key=lambda row: row["path"]), matched=matched,
+                      matched_total=matched_total)
 
 
 def segments_of_files(out: str, paths: Iterable[str]) -> dict[str, pa.Table]:
