@@ -457,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.shards import resolve_filesystem
     from msc_core.storage import require_output_dir
 
+    run_summary = RunSummary("infer", arguments=arguments_of(args))
     formats = [name.strip() for name in args.format.split(",") if name.strip()]
     if not formats or set(formats) - {"parquet", "csv"}:
         raise InputError(f"--format takes parquet and/or csv, not {args.format!r}")
@@ -467,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
     limits = decode_limits(args)
     model = load_model(args.model)  # checks the model and its features before any work starts
     model_dir = str(args.model or DEFAULT_MODEL_DIR)
-    run_summary = RunSummary("infer", arguments=arguments_of(args), model_id=model.model_id, feature_hash=config.hash)
+    run_summary.model_id, run_summary.feature_hash = model.model_id, config.hash
     run_summary.mark("loading")
     filesystem, root = resolve_filesystem(args.out)
     root = root.rstrip("/")

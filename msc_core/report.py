@@ -119,8 +119,9 @@ class RunSummary:
     def mark(self, phase: str) -> None:
         """Record the seconds since the previous mark (or the start) as ``timings_s[phase]``, and the total."""
         now = time.monotonic()
+        self.timings_s.pop("total", None)
         self.timings_s[phase] = round(now - self._clock, 3)
-        self.timings_s["total"] = round(sum(value for name, value in self.timings_s.items() if name != "total"), 3)
+        self.timings_s["total"] = round(sum(self.timings_s.values()), 3)
         self._clock = now
 
     def add(self, predictions: pa.Table) -> None:
