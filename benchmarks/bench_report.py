@@ -70,7 +70,8 @@ def main() -> None:
             print(f"{files:>9,} files ({files * args.segments_per_file:,} segments): report in {seconds:6.2f} s, "
                   f"{os.path.getsize(page):,} bytes", flush=True)
     (small, small_s, small_bytes), (large, large_s, large_bytes) = results[0], results[-1]
-    print(f"ratio {large:,} / {small:,} files: time x{large_s / small_s:.2f}, page size x{large_bytes / small_bytes:.2f}"
+    print(f"ratio {large:,} / {small:,} files: time x{large_s / small_s:.2f}, "
+          f"page size x{large_bytes / small_bytes:.2f}"
           f" (load average {os.getloadavg()[0]:.1f})")
 
 

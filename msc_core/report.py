@@ -434,6 +434,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else clock(seconds)
 
 
+def hours_text(hours: float) -> str:
+    """Hours with 3 significant digits under 100 (``0.0433``), else whole with thousands separators."""
+    return f"{hours:.3g}" if hours < 100 else f"{hours:,.0f}"
+
+
 def _tick_step(duration_s: float) -> float:
     """A round tick spacing (s) giving 4 to 12 ticks over ``duration_s``."""
     steps = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
@@ -516,7 +521,7 @@ def plot_totals(files_by_label: Mapping[str, int], hours_by_label: Mapping[str, 
                                                              ("hours", hours_by_label))):
         heights = [values.get(label, 0) for label in labels]
         bars = axes.barh(labels, heights, color=[colours[label] for label in labels])
-        axes.bar_label(bars, labels=[f"{value:,.1f}" if title == "hours" else f"{value:,}" for value in heights],
+        axes.bar_label(bars, labels=[hours_text(value) if title == "hours" else f"{value:,}" for value in heights],
                        fontsize=8, padding=2)
         axes.set_title(title, fontsize=10)
         axes.invert_yaxis()
@@ -562,6 +567,11 @@ img{max-width:100%}.note{color:#666;font-size:.85rem}
 """
 
 
+def _image(figure, alt: str) -> str:
+    """An ``<img>`` holding a matplotlib figure."""
+    return f'<img alt="{html.escape(alt)}" src="{figure_uri(figure)}">'
+
+
 class _Markup(str):
     """HTML that a table cell takes as it is (everything else is escaped)."""
 
@@ -595,7 +605,7 @@ def render_report(summary: RunSummary, data: ReportData, *, segment_hours_by_lab
     hours = sum(summary.hours_by_label.values())
     cards = [("files", f"{summary.files:,}", ""), ("labelled", f"{ok:,}", ""),
              ("failed", f"{summary.failures:,}", " bad" if summary.failures else ""),
-             ("hours labelled", f"{hours:,.1f}", ""), ("truncated", f"{summary.truncated:,}", ""),
+             ("hours labelled", hours_text(hours), ""), ("truncated", f"{summary.truncated:,}", ""),
              ("run time", _duration(summary.timings_s.get("total", 0.0)), "")]
     facts = [f"output <code>{html.escape(out)}</code>", f"model <code>{html.escape(summary.model_id or '?')}</code>",
              f"features <code>{html.escape(summary.feature_hash or '?')}</code>",
@@ -610,11 +620,12 @@ def render_report(summary: RunSummary, data: ReportData, *, segment_hours_by_lab
     parts.append("<h2>Totals per class</h2>")
     if labels:
         rows = [(_swatch(label, colours), f"{summary.by_label.get(label, 0):,}",
-                 f"{summary.by_label.get(label, 0) / max(ok, 1):.1%}", f"{summary.hours_by_label.get(label, 0):,.2f}",
-                 f"{segment_hours_by_label.get(label, 0):,.2f}") for label in sorted(labels)]
+                 f"{summary.by_label.get(label, 0) / max(ok, 1):.1%}", hours_text(summary.hours_by_label.get(label, 0)),
+                 hours_text(segment_hours_by_label.get(label, 0))) for label in sorted(labels)]
         parts.append(_table(["class", "files", "share of files", "hours (files with this label)",
                              "hours (segments with this label)"], rows, numeric=[False, True, True, True, True]))
-        parts.append(f'<img alt="files and hours per class" src="{figure_uri(plot_totals(summary.by_label, segment_hours_by_label or summary.hours_by_label, colours))}">')
+        totals = plot_totals(summary.by_label, segment_hours_by_label or summary.hours_by_label, colours)
+        parts.append(_image(totals, "files and hours per class"))
     else:
         parts.append("<p>No file was labelled.</p>")
 
@@ -622,7 +633,7 @@ def render_report(summary: RunSummary, data: ReportData, *, segment_hours_by_lab
     if summary.confidence_histogram:
         parts.append('<p class=note>How sure the model is of each file\'s label (the mean probability of that '
                      'label over the file\'s windows), over every labelled file.</p>')
-        parts.append(f'<img alt="confidence histogram" src="{figure_uri(plot_confidence(summary.confidence_histogram, colours))}">')
+        parts.append(_image(plot_confidence(summary.confidence_histogram, colours), "confidence histogram"))
 
     parts.append(f"<h2>Failed files ({summary.failures:,})</h2>")
     if summary.failures:
@@ -655,7 +666,7 @@ def render_report(summary: RunSummary, data: ReportData, *, segment_hours_by_lab
                      "each segment.</p>")
         for start in range(0, len(rows), TIMELINES_PER_FIGURE):
             chunk = rows[start:start + TIMELINES_PER_FIGURE]
-            parts.append(f'<img alt="timelines" src="{figure_uri(plot_timelines(chunk, timelines, colours))}">')
+            parts.append(_image(plot_timelines(chunk, timelines, colours), "timelines"))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>msc report: '
             f'{html.escape(out)}</title><meta name="viewport" content="width=device-width,initial-scale=1">'
