@@ -45,12 +45,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from jobs.console import progress, summary
+from jobs.console import NORMAL, level, progress, summary
 from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 
@@ -495,8 +496,10 @@ def run(args: argparse.Namespace) -> int:
     run_summary.mark("labelling")
     assemble(filesystem, root, formats=formats, run_summary=run_summary)
     run_summary.mark("assembling")
-    for line in finish_run(args.out, run_summary):
-        summary(line)
+    result, *details = finish_run(args.out, run_summary)
+    summary(result)
+    if details and level() >= NORMAL:  # the first failed files by name, where the rest and the report are
+        print("\n".join(details), file=sys.stderr, flush=True)
     return 1 if run_summary.failures else 0
 
 

@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``msc report``."""
+    from jobs.console import summary
     from msc_core.report import write_report
 
-    print(f"wrote {write_report(args.out, files=args.files, sample=args.sample, html_path=args.html)}")
+    summary(f"msc report: wrote {write_report(args.out, files=args.files, sample=args.sample, html_path=args.html)}")
     return 0

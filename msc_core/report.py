@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import msc_version
-from .errors import InputError
+from .errors import InputError, ParameterError
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
@@ -694,11 +694,13 @@ def write_report(out: str, *, summary: RunSummary | None = None, files: str | No
     ------
     InputError
         ``out`` is not an ``msc infer`` output directory.
+    ParameterError
+        A negative ``sample``.
     """
     from .shards import atomic_output
 
     if sample < 0:
-        raise InputError(f"the timeline sample must be 0 or more files, not {sample}")
+        raise ParameterError(f"the timeline sample must be 0 or more files, not {sample}")
     summary = summary or read_summary(out)
     data = gather_report_data(out, files=files, sample=sample)
     timelines = segments_of_files(out, [row["path"] for row in data.sample + data.matched])

@@ -56,9 +56,9 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     out = tmp_path / "out"
     code = main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "3"])
     assert code == 1  # three broken files
-    summary = capsys.readouterr().out
-    assert "9 files, 6 ok" in summary and "3 failed" in summary
-    assert f"{root / 'g_empty.wav'}: empty file" in summary and str(out / "report.html") in summary
+    printed = capsys.readouterr()
+    assert "9 files, 6 ok" in printed.out and "3 failed" in printed.out
+    assert f"{root / 'g_empty.wav'}: empty file" in printed.err and str(out / "report.html") in printed.err
     tables = read_outputs(out)
     predictions, windows, segments = tables["predictions"], tables["windows"], tables["segments"]
 
