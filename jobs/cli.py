@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "jobs.evaluate",
     "jobs.infer",
     "jobs.predict",
+    "jobs.report",
     "jobs.features",
     "jobs.models",
 )

@@ -8,7 +8,9 @@ Steps, each printed as it starts (the jobs print their own progress):
 3. ``msc train`` a small 3D CNN with 2 Ray workers, evaluated on the test split;
 4. ``msc infer`` a held-out synthetic archive (with one broken file) with that
    model, and with the bundled default model when the package has one;
-5. write ``report.md``: a table of results, where each output lies.
+5. write ``report.md``: a table of results with the pictures (confusion matrix,
+   training curves, a timeline) and where each output lies, beside the archive
+   report ``labels/report.html`` that ``msc infer`` writes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 DEMO_OUTPUTS = ("train_audio", "archive", "shards", "model", "model.ray", "labels", "labels_default")
 DEMO_FORMATS = ((".wav", 22050, 1), (".flac", 16000, 1), (".wav", 44100, 2), (".ogg", 48000, 2))
+TIMELINE_PNG = "timelines.png"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -123,10 +126,27 @@ def write_report(out: Path, archive: list[tuple[Path, str]], with_default: bool,
             lines.append(f"| {Path(row.path).name} | {known} | {label} | {confidence} | "
                          f"{row.status}{': ' + row.error if row.status != 'ok' else ''} |")
         lines.append("")
-    lines += ["## Where the outputs lie", "",
+    from msc_core.evaluation import CONFUSION_PNG, CURVES_PNG
+    from msc_core.report import REPORT_FILE, save_timelines
+
+    examples = [str(next(path for path, label in archive if label == wanted)) for wanted in ("music", "speech")]
+    save_timelines(str(out / "labels"), examples, out / TIMELINE_PNG)
+    lines += ["## Pictures", "",
+              f"The archive report, with totals, confidences, the failed file and timelines: "
+              f"[labels/{REPORT_FILE}](labels/{REPORT_FILE}).", "",
+              "Test-split confusion matrix of the demo model (rows true, columns predicted):", "",
+              f"![confusion matrix](model/{CONFUSION_PNG})", "",
+              "Training curves (loss and accuracy per epoch, train and validation):", "",
+              f"![training curves](model/{CURVES_PNG})", "",
+              "Timelines of one music and one speech file as the demo model labelled them "
+              "(colour = label of each segment):", "",
+              f"![timelines]({TIMELINE_PNG})", "",
+              "## Where the outputs lie", "",
               f"- shards: `{out / 'shards'}` (manifest.json, errors.parquet, shards/*.parquet)",
-              f"- model and its test-split evaluation: `{out / 'model'}` (confusion matrix PNG, metrics, history)",
-              f"- labels: `{out / 'labels'}` (predictions, windows, segments as Parquet and CSV)", "",
+              f"- model and its test-split evaluation: `{out / 'model'}` (confusion matrix PNG, metrics, history, "
+              "training curves)",
+              f"- labels: `{out / 'labels'}` (predictions, windows, segments as Parquet and CSV; summary.json, "
+              f"{REPORT_FILE})", "",
               f"Finished in {elapsed_s:.0f} s."]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -52,14 +52,15 @@ import argparse
 import contextlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from jobs.console import progress, summary
+from jobs.console import NORMAL, level, progress, summary
 from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
-from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
+from jobs.raylib import add_ray_arguments, largest_node_cpus, start_ray
 
 log = logging.getLogger("msc.infer")
 
@@ -311,10 +312,12 @@ def settings_of(*, model_id: str, config, max_windows: int) -> str:
                        "hop_seconds": config.window.hop_seconds, "max_windows": max_windows}, sort_keys=True)
 
 
-def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[str]) -> dict[str, int]:
+def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[str], run_summary) -> None:
     """Concatenate the parts of ``chunks`` (committed, in listing order) into the final files, each atomically.
 
-    Streams one part at a time. Returns counts: ``files``, ``ok``, ``errors``, ``music``, ``speech``.
+    Streams one part at a time; the predictions (assembled first) are counted into ``run_summary``
+    (:class:`msc_core.report.RunSummary`), whose facts go into every Parquet file's metadata; CSVs
+    get :func:`msc_core.report.csv_table` (6 significant digits).
 
     Raises
     ------
@@ -322,15 +325,14 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
         A part that cannot be read (its chunk is redone by the next run).
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from msc_core.errors import CorruptShardError
     from msc_core.labelling import PREDICTIONS_SCHEMA, SEGMENTS_SCHEMA, WINDOWS_SCHEMA
+    from msc_core.report import csv_schema, csv_table
     from msc_core.shards import atomic_output
 
-    counts = dict.fromkeys(("files", "ok", "errors", "music", "speech"), 0)
     schemas = {"predictions": PREDICTIONS_SCHEMA, "windows": WINDOWS_SCHEMA, "segments": SEGMENTS_SCHEMA}
     for kind, schema in schemas.items():
         targets = [f"{root}/{kind}.parquet"] if "parquet" in formats or kind == "windows" else []
@@ -339,7 +341,7 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
         with contextlib.ExitStack() as outputs:  # every target appears only once all are complete
             streams = [outputs.enter_context(atomic_output(target, filesystem=filesystem)) for target in targets]
             writers = [pq.ParquetWriter(stream, schema, compression="zstd") if target.endswith(".parquet")
-                       else pacsv.CSVWriter(stream, schema) for stream, target in zip(streams, targets)]
+                       else pacsv.CSVWriter(stream, csv_schema(schema)) for stream, target in zip(streams, targets)]
             try:
                 for chunk_id in chunks:
                     path = f"{root}/{part_name(kind, chunk_id)}"
@@ -350,17 +352,15 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
                         raise CorruptShardError(f"{path}: damaged part ({error}); rerun the same command to redo "
                                                 "it") from error
                     for writer in writers:
-                        writer.write_table(table)
+                        writer.write_table(table if isinstance(writer, pq.ParquetWriter) else csv_table(table))
                     if kind == "predictions":
-                        counts["files"] += len(table)
-                        for label in ("music", "speech"):
-                            counts[label] += pc.sum(pc.equal(table["label"], label)).as_py() or 0
-                        counts["errors"] += pc.sum(pc.not_equal(table["status"], "ok")).as_py() or 0
+                        run_summary.add(table)
+                for writer in writers:
+                    if isinstance(writer, pq.ParquetWriter):
+                        writer.add_key_value_metadata(run_summary.parquet_metadata())
             finally:
                 for writer in writers:
                     writer.close()
-    counts["ok"] = counts["files"] - counts["errors"]
-    return counts
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -403,7 +403,8 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
 def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
                   hop_s: float | None = None, limits=None, formats: Sequence[str] = ("parquet", "csv"),
                   batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
-                  address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+                  address: str | None = None, num_cpus: int | None = None,
+                  arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     """Label ``sources`` into ``out`` on Ray, incrementally (see the module docstring).
 
     Parameters
@@ -428,13 +429,17 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     isolate : bool
         Decode in supervised child processes.
     address, num_cpus
-        Ray to join or start (:func:`jobs.raylib.init_ray`) when there is work to do.
+        Ray to join or start (:func:`jobs.raylib.init_ray`); it starts in the background while the
+        model loads and the sources are listed.
+    arguments : dict or None
+        The command's arguments, recorded in ``summary.json``.
 
     Returns
     -------
     dict
-        Counts: ``files``, ``ok``, ``errors``, ``music``, ``speech``, ``listed``,
-        ``duplicates`` and the plan's ``new``, ``changed``, ``deleted``, ``unchanged``, ``repaired``.
+        ``summary`` (the :class:`msc_core.report.RunSummary` also written to ``summary.json`` and
+        ``report.html``), ``console`` (its lines for a person), ``listed``, ``duplicates`` and the
+        plan's ``new``, ``changed``, ``deleted``, ``unchanged``, ``repaired``.
 
     Raises
     ------
@@ -449,6 +454,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     from msc_core.engine import Run, is_disk_full, list_entries
     from msc_core.errors import InputError, MscError, StorageFullError
     from msc_core.labelling import DEFAULT_MODEL_DIR, load_model, window_config
+    from msc_core.report import RunSummary, finish_run
     from msc_core.sources import iter_audio_paths, unlabelled_item
     from msc_core.storage import require_output_dir, resolve_filesystem
 
@@ -457,10 +463,14 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     if chunk_files < 1 or batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
     require_output_dir(out)
+    run_summary = RunSummary("infer", arguments=dict(arguments or {}))
     config = window_config(window, hop_s)
     limits = limits or DecodeLimits()
+    ray_started = start_ray(address, num_cpus=num_cpus)  # while the model loads and the sources are listed
     loaded = load_model(model)  # checks the model and its features before any work starts
     model_dir = str(model or DEFAULT_MODEL_DIR)
+    run_summary.model_id, run_summary.feature_hash = loaded.model_id, config.hash
+    run_summary.mark("loading")
     listing = list_entries((unlabelled_item(path) for path in iter_audio_paths(sources)), sources=sources)
     filesystem, root = resolve_filesystem(out)
     root = root.rstrip("/")
@@ -469,11 +479,12 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
               files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
               every_chunks=COMMIT_EVERY_CHUNKS)
     log.info("%d chunks already labelled, %d to do", len(run.plan.kept), len(run.plan.chunks))
+    run_summary.mark("listing")
     pending = {chunk.id: chunk for chunk in run.plan.chunks}
+    ray_started.result()
     for attempt in range(PIPELINE_ATTEMPTS):
         if not pending:
             break
-        init_ray(address, num_cpus=num_cpus)
         try:
             for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
                                                 model_dir=model_dir, model_id=loaded.model_id, batch_size=batch_size,
@@ -488,24 +499,32 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     if pending:
         run.committer.flush()
         raise MscError(f"{len(pending)} chunks have no output; rerun the same command to finish them")
+    run_summary.mark("labelling")
     records = run.finish()
-    counts = assemble(filesystem, root, run.order(records), formats=formats)
-    return {**counts, "listed": len(listing.entries), "duplicates": listing.duplicates, **run.plan.counts()}
+    assemble(filesystem, root, run.order(records), formats=formats, run_summary=run_summary)
+    run_summary.mark("assembling")
+    counts = run.plan.counts()
+    changes = "" if counts["new"] == len(listing.entries) else " ({})".format(", ".join(  # said on reruns only
+        f"{counts[name]} {name}" for name in ("new", "changed", "deleted", "unchanged", "repaired")))
+    return {"summary": run_summary, "console": finish_run(out, run_summary, note=changes),
+            "listed": len(listing.entries), "duplicates": listing.duplicates, **counts}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``msc infer`` from parsed arguments; returns the exit code (0 all labelled, 1 some files failed)."""
     formats = [name.strip() for name in args.format.split(",") if name.strip()]
     window_config(args)  # refuses bad window options with the CLI's words
-    counts = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
+    from msc_core.report import arguments_of
+
+    result = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
                            limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
                            num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
-                           address=args.address, num_cpus=args.num_cpus)
-    changes = "" if counts["new"] == counts["listed"] else " ({})".format(", ".join(  # said on reruns only
-        f"{counts[name]} {name}" for name in ("new", "changed", "deleted", "unchanged", "repaired")))
-    summary(f"msc infer: {counts['files']} files, {counts['ok']} ok ({counts['music']} music, "
-            f"{counts['speech']} speech), {counts['errors']} failed{changes}; results in {args.out}")
-    return 1 if counts["errors"] else 0
+                           address=args.address, num_cpus=args.num_cpus, arguments=arguments_of(args))
+    line, *details = result["console"]
+    summary(line)
+    if details and level() >= NORMAL:  # the first failed files by name, where the rest and the report are
+        print("\n".join(details), file=sys.stderr, flush=True)
+    return 1 if result["summary"].failures else 0
 
 
 if __name__ == "__main__":

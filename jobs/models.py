@@ -30,6 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--split", default="val", help="split to fit on (default val)")
     calibrate.add_argument("--temperature", type=float, help="set T directly instead of fitting it")
     calibrate.set_defaults(func=calibrate_model)
+    info = actions.add_parser(
+        "info", help="say what a model is",
+        description="Print what a model directory is: identity, classes, feature hash and settings, layer widths, "
+                    "training data summary, stored evaluation and calibration (its JSON files only; fast).")
+    info.add_argument("model_dir", metavar="MODEL", help="msc model directory (local path or URI)")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info.set_defaults(func=model_info)
 
 
 def import_paper(args: argparse.Namespace) -> int:
@@ -69,4 +76,15 @@ def calibrate_model(args: argparse.Namespace) -> int:
                                "before": before, "after": after})
     print(f"{args.model_dir}: temperature {temperature:.4g} fitted on {len(scaled)} {args.split} windows; "
           f"log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
+    return 0
+
+
+def model_info(args: argparse.Namespace) -> int:
+    """Run ``msc models info``."""
+    import json
+
+    from msc_core.report import model_facts, model_info_lines
+
+    facts = model_facts(args.model_dir)
+    print(json.dumps(facts, indent=1) if args.json else "\n".join(model_info_lines(facts)))
     return 0

@@ -226,7 +226,11 @@ class FileLabel:
 
     @classmethod
     def failed(cls, path: str, error: str, *, model_id: str, feature_hash: str) -> "FileLabel":
-        """The label of a file that could not be read: ``status="error"`` with the reason."""
+        """The label of a file that could not be read: ``status="error"`` with the reason.
+
+        A leading ``"<path>: "`` is dropped from ``error``: the row names the path already.
+        """
+        error = error.removeprefix(f"{path}: ")
         return cls(path=path, label=None, confidence=None, p_music=None, p_speech=None, duration_s=None,
                    windows=0, music_fraction=None, speech_fraction=None, model_id=model_id,
                    feature_hash=feature_hash, status="error", error=error)

@@ -57,8 +57,9 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     out = tmp_path / "out"
     code = main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "3"])
     assert code == 1  # three broken files
-    summary = capsys.readouterr().out
-    assert "9 files, 6 ok" in summary and "3 failed" in summary
+    printed = capsys.readouterr()
+    assert "9 files, 6 ok" in printed.out and "3 failed" in printed.out
+    assert f"{root / 'g_empty.wav'}: empty file" in printed.err and str(out / "report.html") in printed.err
     tables = read_outputs(out)
     predictions, windows, segments = tables["predictions"], tables["windows"], tables["segments"]
 
@@ -93,7 +94,20 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
         assert ends[-1] == pytest.approx(by_path.loc[path, "duration_s"])
         assert (group["label"].to_numpy()[1:] != group["label"].to_numpy()[:-1]).all()
 
-    # CSV and Parquet agree
+    # summary.json, the Parquet metadata and report.html name the broken files; errors do not repeat the path
+    broken = sorted(path for path, status in expected.items() if status == "error")
+    facts = json.loads((out / "summary.json").read_text())
+    assert sorted(row["path"] for row in facts["failed"]) == broken and facts["by_status"] == {"ok": 6, "error": 3}
+    assert facts["arguments"]["chunk_files"] == 3 and facts["model_id"].startswith("trained-")
+    assert set(facts["timings_s"]) >= {"labelling", "assembling", "total"}
+    for name in ("predictions", "windows", "segments"):
+        metadata = json.loads(pq.read_metadata(out / f"{name}.parquet").metadata[b"msc.summary"])
+        assert metadata["files"] == 9 and metadata["by_status"] == facts["by_status"], name
+    report = (out / "report.html").read_text()
+    assert all(path in report for path in broken) and "Failed files (3)" in report
+    assert not any(path in message for path, message in zip(errors["path"], errors["error"]))
+
+    # CSV and Parquet agree (the CSV to 6 significant digits)
     for name in ("predictions", "segments"):
         csv = pd.read_csv(out / f"{name}.csv")
         pd.testing.assert_frame_equal(csv, tables[name], check_dtype=False)

@@ -85,7 +85,8 @@ def test_label_file_reports_a_broken_file(tmp_path, tiny_model):
     broken = tmp_path / "text.wav"
     broken.write_text("not audio")
     label = label_file(broken, tiny_model)
-    assert label.status == "error" and "text.wav" in label.error and label.label is None
+    assert label.status == "error" and label.path == str(broken) and label.label is None
+    assert label.error and "text.wav" not in label.error  # the path is in label.path, not repeated
 
 
 def test_load_model_without_default_is_clear():
