@@ -59,5 +59,5 @@ def test_temperature_in_a_model_directory_changes_confidences_not_labels(model_d
     assert json.loads((copy / "model.json").read_text())["calibration"]["fitted_on"] == {"note": "test"}
     assert main(["models", "calibrate", str(copy), "--temperature", "1"]) == 0
     np.testing.assert_allclose(load_model_dir(copy).predict_codes(codes), raw, rtol=1e-5)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="a finite number above 0"):
         set_temperature(copy, temperature=0.0, fitted_on={})
