@@ -60,7 +60,7 @@ import numpy as np
 
 from jobs.console import NORMAL, level, progress, summary
 from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
-from jobs.raylib import add_ray_arguments, largest_node_cpus, start_ray
+from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 
 log = logging.getLogger("msc.infer")
 
@@ -429,8 +429,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     isolate : bool
         Decode in supervised child processes.
     address, num_cpus
-        Ray to join or start (:func:`jobs.raylib.init_ray`); it starts in the background while the
-        model loads and the sources are listed.
+        Ray to join or start (:func:`jobs.raylib.init_ray`) when there is work to do.
     arguments : dict or None
         The command's arguments, recorded in ``summary.json``.
 
@@ -466,7 +465,6 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     run_summary = RunSummary("infer", arguments=dict(arguments or {}))
     config = window_config(window, hop_s)
     limits = limits or DecodeLimits()
-    ray_started = start_ray(address, num_cpus=num_cpus)  # while the model loads and the sources are listed
     loaded = load_model(model)  # checks the model and its features before any work starts
     model_dir = str(model or DEFAULT_MODEL_DIR)
     run_summary.model_id, run_summary.feature_hash = loaded.model_id, config.hash
@@ -481,10 +479,10 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     log.info("%d chunks already labelled, %d to do", len(run.plan.kept), len(run.plan.chunks))
     run_summary.mark("listing")
     pending = {chunk.id: chunk for chunk in run.plan.chunks}
-    ray_started.result()
     for attempt in range(PIPELINE_ATTEMPTS):
         if not pending:
             break
+        init_ray(address, num_cpus=num_cpus)
         try:
             for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
                                                 model_dir=model_dir, model_id=loaded.model_id, batch_size=batch_size,

@@ -9,10 +9,7 @@ left by ``ray start`` never captures a run meant to be local.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
-import signal
-import sys
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,19 +56,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
                                    "Rerun the same command") from error
     ray.data.DataContext.get_current().enable_progress_bars = False
     quiet_ray_loggers()
-
-
-def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> concurrent.futures.Future:
-    """Begin :func:`init_ray` in a background thread, so Ray starts while the driver lists and loads.
-
-    Call ``.result()`` before using Ray: it waits, and re-raises what the start raised. Ray sets no
-    SIGTERM handler from a thread, so this installs the one it would (exit at once, with cleanup).
-    """
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ray-start")
-    started = pool.submit(init_ray, address, num_cpus=num_cpus)
-    pool.shutdown(wait=False)
-    return started
 
 
 def cluster_cpus() -> int:
