@@ -47,7 +47,7 @@ case $cloud in
     gcp) extra+=("google-api-python-client" "google-auth" "cryptography") ;;
 esac
 
-"$uv" pip install --python "$venv/bin/python" --require-hashes -r "$lock"
+"$uv" pip install --python "$venv/bin/python" --compile-bytecode --require-hashes -r "$lock"
 "$uv" pip install --python "$venv/bin/python" --no-deps "${wheels[0]}"
 [[ ${#extra[@]} -eq 0 ]] || "$uv" pip install --python "$venv/bin/python" "${extra[@]}"
 "$venv/bin/python" -c "import ray, sys; sys.exit(0 if ray.__version__ == '$MSC_RAY_VERSION' else

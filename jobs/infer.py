@@ -452,7 +452,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     from msc_core.audio import DecodeLimits
     from msc_core.engine import Run, is_disk_full, list_entries
     from msc_core.errors import InputError, MscError, StorageFullError
-    from msc_core.labelling import DEFAULT_MODEL_DIR, load_model, window_config
+    from msc_core.labelling import check_model, model_location, window_config
     from msc_core.report import RunSummary, finish_run
     from msc_core.sources import iter_audio_paths, unlabelled_item
     from msc_core.storage import require_output_dir, resolve_filesystem
@@ -465,14 +465,14 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     run_summary = RunSummary("infer", arguments=dict(arguments or {}))
     config = window_config(window, hop_s)
     limits = limits or DecodeLimits()
-    loaded = load_model(model)  # checks the model and its features before any work starts
-    model_dir = str(model or DEFAULT_MODEL_DIR)
-    run_summary.model_id, run_summary.feature_hash = loaded.model_id, config.hash
+    model_id = check_model(model)["model_id"]  # refuses a bad model before any work; the actors load it
+    model_dir = str(model_location(model))
+    run_summary.model_id, run_summary.feature_hash = model_id, config.hash
     run_summary.mark("loading")
     listing = list_entries((unlabelled_item(path) for path in iter_audio_paths(sources)), sources=sources)
     filesystem, root = resolve_filesystem(out)
     root = root.rstrip("/")
-    run = Run(out, listing=listing, settings=settings_of(model_id=loaded.model_id, config=config,
+    run = Run(out, listing=listing, settings=settings_of(model_id=model_id, config=config,
                                                          max_windows=limits.max_windows),
               files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
               every_chunks=COMMIT_EVERY_CHUNKS)
@@ -485,7 +485,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         init_ray(address, num_cpus=num_cpus)
         try:
             for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
-                                                model_dir=model_dir, model_id=loaded.model_id, batch_size=batch_size,
+                                                model_dir=model_dir, model_id=model_id, batch_size=batch_size,
                                                 num_gpus=num_gpus, isolate=isolate):
                 run.done(pending.pop(chunk_id), parts=parts)
         except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block

@@ -411,6 +411,40 @@ def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: Featur
 
 
 # ---------------------------------------------------------------------------------------- API
+def model_location(path: str | os.PathLike | None = None) -> str | os.PathLike:
+    """The model directory ``path`` names, or for None the model bundled with msc.
+
+    Raises
+    ------
+    ModelLoadError
+        ``path`` is None and this msc has no bundled model.
+    """
+    if path is not None:
+        return path
+    if not DEFAULT_MODEL_DIR.is_dir():
+        raise ModelLoadError("no model given and this msc has no bundled default model; "
+                             "pass a model directory (--model DIR)")
+    return DEFAULT_MODEL_DIR
+
+
+def check_model(path: str | os.PathLike | None = None) -> dict:
+    """Check a model directory as :func:`load_model` does, from its files alone (no Keras, no TensorFlow).
+
+    Returns
+    -------
+    dict
+        The model's ``model.json`` (``model_id``, ``labels``, ...).
+
+    Raises
+    ------
+    ModelLoadError, FeatureConfigMismatchError
+        As :func:`load_model`, but for an archive that Keras itself refuses.
+    """
+    from .model import check_model_dir
+
+    return check_model_dir(model_location(path), expected_config=PAPER)[0]
+
+
 def load_model(path: str | os.PathLike | None = None) -> "MscModel":
     """Load an msc model directory, checked to read the features msc computes (:data:`PAPER`).
 
@@ -429,12 +463,7 @@ def load_model(path: str | os.PathLike | None = None) -> "MscModel":
     """
     from .model import load_model_dir
 
-    if path is None:
-        if not DEFAULT_MODEL_DIR.is_dir():
-            raise ModelLoadError("no model given and this msc has no bundled default model; "
-                                 "pass a model directory (--model DIR)")
-        path = DEFAULT_MODEL_DIR
-    return load_model_dir(path, expected_config=PAPER)
+    return load_model_dir(model_location(path), expected_config=PAPER)
 
 
 def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int = 32) -> FileLabel:

@@ -33,7 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import keras
 import numpy as np
 
 from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_features
@@ -88,6 +87,8 @@ def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WID
     keras.Sequential named ``"cnn"``
         float32 (B, layers, n_mels, frames, 1) -> softmax float32 (B, 2), [speech, music].
     """
+    import keras
+
     seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
 
     def conv(filters: int) -> list[keras.layers.Layer]:
@@ -131,6 +132,8 @@ def decode_stage(config: FeatureConfig) -> keras.Sequential:
     keras.Sequential named ``"decode"``
         uint8 (B, n_mels, frames) -> float32 (B, layers, n_mels, frames, 1).
     """
+    import keras
+
     layer_of, intensity_of = depth_tables(config.colormap, config.layers)
     table = np.zeros((COLORMAP_SIZE, config.layers), np.float32)
     inside = layer_of >= 0
@@ -148,6 +151,8 @@ def decode_stage(config: FeatureConfig) -> keras.Sequential:
 
 def _codes_model(cnn: keras.Model, config: FeatureConfig) -> keras.Model:
     """``cnn`` behind :func:`decode_stage`: uint8 codes (B, n_mels, frames) -> (B, 2)."""
+    import keras
+
     codes = keras.Input(config.encoded_shape, dtype="uint8", name="codes")
     return keras.Model(codes, cnn(decode_stage(config)(codes)), name="msc")
 
@@ -264,6 +269,8 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- storing
 def _weights_digest(model: keras.Model) -> str:
     """sha256 (hex) over the shapes and bytes of every weight, in model order."""
+    import keras
+
     digest = hashlib.sha256()
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
@@ -313,6 +320,8 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
     ValueError
         ``model`` does not map uint8 codes ``config.encoded_shape`` to (B, 2).
     """
+    import keras
+
     out_dir = Path(out_dir)
     problem = _signature_problem(model, config)
     if problem:
@@ -443,36 +452,39 @@ def _declared_weight_bytes(archive: Path) -> int:
     return total
 
 
-def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | None = None) -> MscModel:
-    """Load and check an msc model directory written by :func:`save_model_dir`.
+def check_model_dir(path: str | os.PathLike, *,
+                    expected_config: FeatureConfig | None = None) -> tuple[dict[str, Any], FeatureConfig]:
+    """Check an msc model directory from its files alone, without loading Keras or TensorFlow.
+
+    Everything :func:`load_model_dir` checks before it builds the model: the
+    three files, ``model.json``'s values, the feature hash, the features
+    against ``expected_config`` and the size of the weights the archive declares.
+    A job's driver calls this to refuse a bad model before any work starts,
+    and leaves loading to its workers.
 
     Parameters
     ----------
     path : str or PathLike
-        The model directory: a local path, or a URI (``s3://...``) fetched to a temporary copy.
+        The model directory: a local path, or a URI (``s3://...``) read through a temporary copy.
     expected_config : FeatureConfig or None
         Features the caller will feed; must have the model's feature hash.
 
     Returns
     -------
-    MscModel
+    metadata : dict
+        The contents of ``model.json``.
+    config : FeatureConfig
+        The features the model reads.
 
     Raises
     ------
-    ModelLoadError
-        Missing or unreadable files, a hash in ``model.json`` that does not
-        match ``feature_config.json``, a model Keras refuses in safe mode (for
-        example one with a ``Lambda`` layer), wrong input/output shapes, values
-        of ``model.json`` of the wrong type or size (a calibration temperature
-        that is not finite and > 0), or an archive declaring more than
-        :data:`MAX_WEIGHT_BYTES` of weights (refused before anything is built).
-    FeatureConfigMismatchError
-        ``expected_config`` differs from the model's features.
+    ModelLoadError, FeatureConfigMismatchError
+        As :func:`load_model_dir`, for every reason but the archive Keras refuses.
     """
     if is_uri(os.fspath(path)):
         with local_dir(path) as fetched:
             try:
-                return load_model_dir(fetched, expected_config=expected_config)
+                return check_model_dir(fetched, expected_config=expected_config)
             except ModelLoadError as error:
                 raise ModelLoadError(str(error).replace(fetched, os.fspath(path))) from None
     path = Path(path)
@@ -503,6 +515,45 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     if declared > MAX_WEIGHT_BYTES:
         raise ModelLoadError(f"{path / MODEL_FILE}: declares about {declared / 2 ** 30:.1f} GiB of weights, over the "
                              f"{MAX_WEIGHT_BYTES / 2 ** 30:g} GiB msc loads; refused before loading")
+    return metadata, config
+
+
+def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | None = None) -> MscModel:
+    """Load and check an msc model directory written by :func:`save_model_dir`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The model directory: a local path, or a URI (``s3://...``) fetched to a temporary copy.
+    expected_config : FeatureConfig or None
+        Features the caller will feed; must have the model's feature hash.
+
+    Returns
+    -------
+    MscModel
+
+    Raises
+    ------
+    ModelLoadError
+        Missing or unreadable files, a hash in ``model.json`` that does not
+        match ``feature_config.json``, a model Keras refuses in safe mode (for
+        example one with a ``Lambda`` layer), wrong input/output shapes, values
+        of ``model.json`` of the wrong type or size (a calibration temperature
+        that is not finite and > 0), or an archive declaring more than
+        :data:`MAX_WEIGHT_BYTES` of weights (refused before anything is built).
+    FeatureConfigMismatchError
+        ``expected_config`` differs from the model's features.
+    """
+    import keras
+
+    if is_uri(os.fspath(path)):
+        with local_dir(path) as fetched:
+            try:
+                return load_model_dir(fetched, expected_config=expected_config)
+            except ModelLoadError as error:
+                raise ModelLoadError(str(error).replace(fetched, os.fspath(path))) from None
+    metadata, config = check_model_dir(path, expected_config=expected_config)
+    path = Path(path)
     try:
         model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many types for bad archives; all mean "cannot load"
@@ -542,6 +593,8 @@ def import_paper_model(paper_dir: str | os.PathLike, out_dir: str | os.PathLike,
     ModelLoadError
         Files missing or unloadable, or an architecture other than the paper's.
     """
+    import keras
+
     paper_dir = Path(paper_dir)
     missing = [name for name in PAPER_FILES if not (paper_dir / name).is_file()]
     if missing:

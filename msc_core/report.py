@@ -62,9 +62,6 @@ SPARE_COLOURS = ("tab:green", "tab:red", "tab:pink", "tab:olive", "tab:cyan", "t
 REPORT_LIMITS = {"failed": 50, "reasons": 10, "uncertain": 20, "sample": 12, "matched": 100}
 """How many rows or files each part of the report shows at most (``sample``: the default timeline sample)."""
 TIMELINES_PER_FIGURE = 25
-MODEL_FILES = {"metadata": "model.json", "features": "feature_config.json", "evaluation": "evaluation.json"}
-"""The JSON files of a model directory that :func:`model_facts` reads: the names of :mod:`msc_core.model`
-and :mod:`msc_core.evaluation`, spelled here so that describing a model does not import Keras."""
 _PREDICTION_COLUMNS = ("path", "label", "confidence", "duration_s", "status", "error", "truncated", "model_id",
                        "feature_hash")
 
@@ -719,7 +716,7 @@ def write_report(out: str, *, summary: RunSummary | None = None, files: str | No
 
 # ---------------------------------------------------------------------------------------- models
 def model_facts(model_dir: str | os.PathLike) -> dict:
-    """What a model directory is, from its JSON files alone (Keras is not loaded).
+    """What a model directory is, from its files alone (:func:`msc_core.model.check_model_dir`; Keras is not loaded).
 
     Returns
     -------
@@ -731,24 +728,16 @@ def model_facts(model_dir: str | os.PathLike) -> dict:
     Raises
     ------
     ModelLoadError
-        Not an msc model directory.
+        Not an msc model directory, or one that msc would refuse to load.
     """
-    from .errors import ModelLoadError
-    from .storage import local_dir
+    from .evaluation import EVALUATION_FILE
+    from .model import check_model_dir
+    from .storage import exists, read_bytes
 
-    with local_dir(model_dir) as local:
-        try:
-            with open(os.path.join(local, MODEL_FILES['metadata'])) as handle:
-                metadata = json.load(handle)
-            with open(os.path.join(local, MODEL_FILES['features'])) as handle:
-                features = json.load(handle)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"{model_dir}: not a readable msc model directory ({error})") from error
-        evaluation_path = os.path.join(local, MODEL_FILES['evaluation'])
-        evaluation = None
-        if os.path.isfile(evaluation_path):
-            with open(evaluation_path) as handle:
-                evaluation = json.load(handle)
+    metadata, config = check_model_dir(model_dir)
+    evaluation_path = f"{os.fspath(model_dir).rstrip('/')}/{EVALUATION_FILE}"
+    evaluation = json.loads(read_bytes(evaluation_path)) if exists(evaluation_path) else None
+    features = json.loads(config.to_json())
     return {**{name: metadata.get(name) for name in ("model_id", "source", "created_at", "msc_version", "labels",
                                                      "feature_hash", "widths", "dense")},
             "features": features, "training": metadata.get("extra") or {},

@@ -18,5 +18,7 @@ assert v == '$python_version', f'.venv has Python {v}; msc is locked for $python
 lock=requirements/${1:-runtime}.txt
 [ -f "$lock" ] || { echo "setup.sh: no lock $lock (use: setup.sh [test])" >&2; exit 2; }
 uv=(.venv/bin/uv pip install --quiet --python .venv/bin/python)
-"${uv[@]}" --require-hashes -r "$lock"
+# --compile-bytecode: every process (the driver and each Ray worker) would otherwise compile
+# about a thousand modules from source where .pyc files are not written (PYTHONDONTWRITEBYTECODE).
+"${uv[@]}" --compile-bytecode --require-hashes -r "$lock"
 "${uv[@]}" --no-deps -e .

@@ -14,7 +14,7 @@ import pytest
 from msc_core import depth
 from msc_core.config import PAPER
 from msc_core.errors import FeatureConfigMismatchError, ModelLoadError
-from msc_core.model import (LABELS, MscModel, architecture, build_cnn, build_model, decode_stage,
+from msc_core.model import (LABELS, MscModel, architecture, build_cnn, build_model, check_model_dir, decode_stage,
                             import_paper_model, load_model_dir, save_model_dir, set_temperature)
 
 
@@ -246,8 +246,9 @@ def test_load_refuses_bad_calibration_temperatures(trained_dir, tmp_path, temper
     broken = tampered(trained_dir, tmp_path)
     metadata = json.loads((broken / "model.json").read_text())
     (broken / "model.json").write_text(json.dumps({**metadata, "calibration": {"temperature": temperature}}))
-    with pytest.raises(ModelLoadError, match="temperature must be a finite number > 0"):
-        load_model_dir(broken)
+    for check in (load_model_dir, check_model_dir):
+        with pytest.raises(ModelLoadError, match="temperature must be a finite number > 0"):
+            check(broken)
     with pytest.raises(ValueError, match="finite number"):
         set_temperature(trained_dir, temperature=float("inf"), fitted_on={})
 
@@ -275,5 +276,19 @@ def test_load_refuses_huge_declared_layers_before_building_them(trained_dir, tmp
         for name, data in members.items():
             target.writestr(name, data)
     assert (broken / "model.keras").stat().st_size < 1_000_000
-    with pytest.raises(ModelLoadError, match="GiB of weights.*refused before loading"):
-        load_model_dir(broken)
+    for check in (load_model_dir, check_model_dir):
+        with pytest.raises(ModelLoadError, match="GiB of weights.*refused before loading"):
+            check(broken)
+
+
+def test_checking_a_model_loads_neither_keras_nor_tensorflow(trained_dir):
+    """What a job's driver does to refuse a bad model (msc infer; msc models info) costs no TensorFlow import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from msc_core.model import check_model_dir; from msc_core.report import model_facts; "
+            f"metadata, config = check_model_dir({str(trained_dir)!r}); model_facts({str(trained_dir)!r}); "
+            "import jobs.cli, jobs.infer; "
+            "print(metadata['model_id'], sorted(name for name in ('keras', 'tensorflow') if name in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [json.loads((trained_dir / "model.json").read_text())["model_id"], "[]"]

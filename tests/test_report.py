@@ -22,7 +22,7 @@ from matplotlib.colors import to_rgb
 from jobs.cli import main
 from msc_core.config import LABELS, PAPER
 from msc_core.labelling import FileLabel, aggregate, label_tables
-from msc_core.report import (METADATA_KEY, MODEL_FILES, REPORT_FILE, SUMMARY_FILE, RunSummary, csv_table, finish_run,
+from msc_core.report import (METADATA_KEY, REPORT_FILE, SUMMARY_FILE, RunSummary, csv_table, finish_run,
                              label_colours, model_facts, model_info_lines, read_summary, round_significant,
                              write_report)
 
@@ -147,10 +147,6 @@ def test_colours_are_fixed_for_known_labels_and_found_for_others():
 
 
 def test_models_info_describes_a_model(model_dir, capsys):
-    from msc_core import evaluation, model
-
-    assert MODEL_FILES == {"metadata": model.METADATA_FILE, "features": model.FEATURE_CONFIG_FILE,
-                           "evaluation": evaluation.EVALUATION_FILE}
     facts = model_facts(model_dir)
     assert facts["labels"] == list(LABELS) and facts["feature_hash"] == PAPER.hash and facts["widths"] == [4, 8, 16]
     assert main(["models", "info", str(model_dir)]) == 0
