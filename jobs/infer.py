@@ -14,7 +14,8 @@ file's label needs all its windows, but Ray Data may split or merge blocks
 between stages, so "one block = one file" cannot be relied on. Instead every
 window row carries its chunk's id and row count; :class:`WriteChunks` holds the
 probability rows of chunks not yet complete (about 60 bytes per window, no
-codes) and writes a chunk as soon as all its rows have arrived. This avoids a
+codes, plus each file's frame cues for silence and boundaries: 3.6 KB per second of
+audio) and writes a chunk as soon as all its rows have arrived. This avoids a
 ``groupby`` shuffle, which would hold back every row of the archive until the
 last one is predicted; memory stays bounded by the chunks in flight.
 
@@ -169,7 +170,8 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
     ``chunk_id`` str, ``chunk_rows`` int64 (rows of the whole chunk), ``row`` int64 (index in the chunk), ``file`` int32
     (index in the chunk), ``path`` str, ``start_s``/``end_s``/``duration_s`` float64 (s),
     ``truncated_at_s`` float64 (s; NaN unless ``limits.max_windows`` cut the file),
-    ``error`` str ("" when ok), ``codes`` uint8 (rows, n_mels, frames).
+    ``error`` str ("" when ok), ``codes`` uint8 (rows, n_mels, frames), ``cues`` bytes (the file's
+    :meth:`msc_core.segmentation.FrameCues.to_bytes` on its first row, empty on the others).
     """
     from msc_core.engine import process_file
     from msc_core.isolation import shared_child
@@ -179,7 +181,7 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
     empty = np.zeros((1, *config.encoded_shape), np.uint8)
     for chunk_id, paths in zip(batch["chunk_id"], batch["paths"]):
         columns = {"file": [], "path": [], "start_s": [], "end_s": [], "duration_s": [], "truncated_at_s": [],
-                   "error": [], "codes": []}
+                   "error": [], "codes": [], "cues": []}
         for index, path in enumerate(paths):
             result = process_file(path, config, limits=limits, child=child)
             features = result.features
@@ -198,6 +200,10 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
             columns["truncated_at_s"].append(np.full(rows, truncated_at_s))
             columns["error"].append(np.full(rows, message, object))
             columns["codes"].append(codes)
+            cues = np.full(rows, b"", object)
+            if features is not None and features.cues is not None:
+                cues[0] = features.cues.to_bytes()
+            columns["cues"].append(cues)
         out = {name: np.concatenate(parts) for name, parts in columns.items()}
         total = len(out["file"])
         yield {"chunk_id": np.full(total, chunk_id, object), "chunk_rows": np.full(total, total, np.int64),
@@ -273,10 +279,12 @@ class WriteChunks:
     def _write(self, chunk_id: str, rows) -> tuple[int, int, list[tuple[str, int]]]:
         """Aggregate one complete chunk per file and write its parts; returns (files, errors, [(part, bytes)])."""
         from msc_core.labelling import FileLabel, aggregate, label_tables
+        from msc_core.segmentation import FrameCues
         from msc_core.shards import write_atomic
 
         columns = {name: rows[name].to_numpy(zero_copy_only=False) for name in
-                   ("file", "path", "start_s", "end_s", "duration_s", "truncated_at_s", "error", "p_speech", "p_music")}
+                   ("file", "path", "start_s", "end_s", "duration_s", "truncated_at_s", "error", "p_speech", "p_music",
+                    "cues")}
         order = np.lexsort((columns["start_s"], columns["file"]))
         columns = {name: values[order] for name, values in columns.items()}
         labels = []
@@ -288,12 +296,13 @@ class WriteChunks:
                                                feature_hash=self.feature_hash))
                 continue
             truncated_at_s = float(columns["truncated_at_s"][first])
+            cues = next((FrameCues.from_bytes(blob) for blob in columns["cues"][run] if blob), None)
             labels.append(aggregate(
                 path, start_s=columns["start_s"][run], end_s=columns["end_s"][run],
                 duration_s=float(columns["duration_s"][first]),
                 truncated_at_s=None if np.isnan(truncated_at_s) else truncated_at_s,
                 probs=np.stack([columns["p_speech"][run], columns["p_music"][run]], axis=1),
-                model_id=self.model_id, feature_hash=self.feature_hash))
+                model_id=self.model_id, feature_hash=self.feature_hash, cues=cues))
         tables = dict(zip(("predictions", "windows", "segments"), label_tables(labels)))
         parts = [(part_name(kind, chunk_id), write_atomic(tables[kind], f"{self.root}/{part_name(kind, chunk_id)}",
                                                           filesystem=self.filesystem)) for kind in PART_KINDS]

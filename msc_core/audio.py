@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import soxr
@@ -182,7 +182,8 @@ class AudioStream:
         if resampler:
             yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
-    def windows(self, config: FeatureConfig, *, batch_windows: int = 16) -> Iterator[WindowBatch]:
+    def windows(self, config: FeatureConfig, *, batch_windows: int = 16,
+                on_audio: Callable[[np.ndarray], object] | None = None) -> Iterator[WindowBatch]:
         """Cut the file into windows under ``config.window`` (see :class:`~msc_core.config.WindowPolicy`).
 
         ``mode="first"``: one window, the first ``window_seconds`` (zero-padded).
@@ -194,6 +195,18 @@ class AudioStream:
         After the last batch, :attr:`truncated` says whether ``max_windows``
         stopped a window from being taken: the audio after the last window
         taken is read only as far as needed to know (``min_last_seconds``).
+
+        Parameters
+        ----------
+        config : FeatureConfig
+            Sample rate, window length and window policy.
+        batch_windows : int
+            Most windows per batch.
+        on_audio : callable or None
+            Called with every mono block read at ``config.sample_rate``
+            (np.ndarray, float32, shape (N,)), in order, before the windows it
+            completes; the blocks hold all the audio read, a tail too short to
+            make a window included (:class:`msc_core.segmentation.CueTracker`).
 
         Yields
         ------
@@ -220,6 +233,8 @@ class AudioStream:
         limit = self._limits.max_windows
         blocks = self.mono(rate)
         for block in blocks:
+            if on_audio is not None:
+                on_audio(block)
             buffer = np.concatenate([buffer, block])
             while next_start + size <= buffer_start + len(buffer) and emitted < limit:
                 offset = next_start - buffer_start

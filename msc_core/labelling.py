@@ -7,10 +7,14 @@ How a file is labelled
    ``window="first"``: the paper's rule, the first 5 s only) and each window is
    featurized into compact codes (:func:`featurize_file`).
 2. The model gives each window [speech, music] probabilities.
-3. **Aggregation** (:func:`aggregate`): the file's probabilities are the *mean*
-   of its windows' probabilities; ``label`` is the argmax (speech on a tie),
-   ``confidence`` the larger mean probability; ``music_fraction`` and
+3. **Aggregation** (:func:`aggregate`): ``p_speech`` and ``p_music`` are the
+   *mean* of the windows' probabilities; ``music_fraction`` and
    ``speech_fraction`` are the shares of windows whose own argmax is that label.
+   The file's ``label`` is its dominant content class, the one with the most
+   seconds in its segments (step 4), or ``silence`` for a file with no
+   content; ``confidence`` is that label's segments' confidence weighted by
+   their seconds (:func:`dominant_label`). A silent stretch therefore never
+   lends its window's model output to the file's label.
 4. **Segments** (:func:`segments_of`, :mod:`msc_core.segmentation`): each
    window stands for the centre of its audio; the music probability is
    interpolated between centres on a 10-ms grid, ``silence`` is found by
@@ -20,7 +24,7 @@ How a file is labelled
    0 to ``duration_s`` with boundaries on the 10-ms grid; a segment's
    ``confidence`` is the mean probability of its label over its frames.
    Silence and refinement need the file's frame cues, which
-   :func:`featurize_file` computes as it cuts the windows (``FileFeatures.cues``);
+   :func:`featurize_file` computes as it reads the audio (``FileFeatures.cues``);
    windows read back without them give speech/music segments only.
 
 Windows that overlap and start on the STFT frame grid (a hop that is a
@@ -154,8 +158,8 @@ class FileFeatures:
         When ``DecodeLimits.max_windows`` cut the file: the end of the last
         window taken (s); None otherwise.
     cues : FrameCues or None
-        Level and band energies every 10 ms of the windows' audio (None when
-        the windows leave gaps between them).
+        Level and band energies every 10 ms of all the audio read, a tail too
+        short for a window included (None for windows read back from a table).
     """
 
     path: str
@@ -265,7 +269,7 @@ def segments_of(start_s: np.ndarray, end_s: np.ndarray, probs: np.ndarray, durat
 def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: float, probs: np.ndarray,
               model_id: str, feature_hash: str, truncated_at_s: float | None = None,
               cues: FrameCues | None = None) -> FileLabel:
-    """One file's label from its windows' probabilities (mean, argmax, max; see the module docstring).
+    """One file's label, numbers and segments from its windows' probabilities (see the module docstring, step 3).
 
     Parameters
     ----------
@@ -285,17 +289,45 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
     """
     probs = np.asarray(probs, np.float64)
     mean = probs.mean(axis=0)
-    winner = int(np.argmax(mean))
     music_fraction = float(np.mean(np.argmax(probs, axis=1) == MUSIC))
+    segments = segments_of(start_s, end_s, probs, duration_s if truncated_at_s is None else truncated_at_s, cues=cues)
+    label, confidence = dominant_label(segments)
     return FileLabel(
-        path=path, label=LABELS[winner], confidence=float(mean[winner]), p_music=float(mean[MUSIC]),
+        path=path, label=label, confidence=confidence, p_music=float(mean[MUSIC]),
         p_speech=float(mean[SPEECH]), duration_s=float(duration_s), windows=len(probs),
         music_fraction=music_fraction, speech_fraction=1.0 - music_fraction, model_id=model_id,
         feature_hash=feature_hash, status="ok", error=None, truncated=truncated_at_s is not None,
         truncated_at_s=truncated_at_s, window_start_s=np.asarray(start_s, np.float64),
-        window_end_s=np.asarray(end_s, np.float64), window_p_music=probs[:, MUSIC],
-        segments=segments_of(start_s, end_s, probs, duration_s if truncated_at_s is None else truncated_at_s,
-                             cues=cues))
+        window_end_s=np.asarray(end_s, np.float64), window_p_music=probs[:, MUSIC], segments=segments)
+
+
+def dominant_label(segments: Sequence[Segment]) -> tuple[str, float]:
+    """A file's label and confidence from its segments: the content class with the most seconds.
+
+    Content classes are every label but ``silence``, ties going to the first in
+    :data:`~msc_core.segmentation.SEGMENT_LABELS` (speech); a file with no
+    content segment is ``silence``. The confidence is the label's segments'
+    confidence weighted by their seconds.
+
+    Parameters
+    ----------
+    segments : sequence of Segment
+        A file's segments (at least one).
+
+    Returns
+    -------
+    label : str
+    confidence : float
+    """
+    seconds = dict.fromkeys(SEGMENT_LABELS, 0.0)
+    weighted = dict.fromkeys(SEGMENT_LABELS, 0.0)
+    for segment in segments:
+        length = segment.end_s - segment.start_s
+        seconds[segment.label] += length
+        weighted[segment.label] += length * segment.confidence
+    content = [label for label in SEGMENT_LABELS if label != "silence" and seconds[label] > 0]
+    label = max(content, key=lambda name: seconds[name], default="silence")  # max keeps the first of equals
+    return label, weighted[label] / seconds[label] if seconds[label] > 0 else 1.0
 
 
 def label_tables(labels: Iterable[FileLabel]) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -337,15 +369,12 @@ def iter_features(source: str | os.PathLike | io.BufferedIOBase, config: Feature
     Parameters as in :func:`featurize_file`.
     """
     hop = config.hop_samples if config.window.mode == "all" else config.window_samples
-    tracker = CueTracker(sample_rate=config.sample_rate) if hop <= config.window_samples else None
+    tracker = CueTracker(sample_rate=config.sample_rate)
     with AudioStream.open(source, name=name, limits=limits) as stream:
         rate, channels, last_end = stream.info.sample_rate, stream.info.channels, 0.0
-        for batch in stream.windows(config, batch_windows=batch_windows):
+        for batch in stream.windows(config, batch_windows=batch_windows, on_audio=tracker.push):
             end_s = batch.start_s + batch.audio_s
             last_end = float(end_s[-1])
-            if tracker is not None:
-                tracker.push_windows(batch.samples, np.round(batch.audio_s * config.sample_rate).astype(np.int64),
-                                     hop_samples=hop)
             yield FileFeatures(stream.path, batch.start_s, end_s,
                                featurize_hopped(batch.samples, hop_samples=hop, config=config), stream.decoded_s,
                                rate, channels)
@@ -354,7 +383,7 @@ def iter_features(source: str | os.PathLike | io.BufferedIOBase, config: Feature
             duration = max(duration, stream.info.duration_s)
         yield FileFeatures(stream.path, np.zeros(0), np.zeros(0), np.zeros((0, *config.encoded_shape), np.uint8),
                            duration, rate, channels, truncated_at_s=last_end if stream.truncated else None,
-                           cues=None if tracker is None else tracker.finish())
+                           cues=tracker.finish())
 
 
 def warm_up() -> None:

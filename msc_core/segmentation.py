@@ -22,8 +22,8 @@ How a file's segments are made (:func:`segment_timeline`)
 5. Segments tile ``[0, duration_s]`` with boundaries on the 10-ms grid.
 
 The frame cues (:class:`FrameCues`) come from the decoded samples: a
-:class:`CueTracker` is fed every window as the file is cut, and keeps, per
-10-ms frame, its level and a few log band energies. Without cues (for
+:class:`CueTracker` is fed the decoded samples as they are read, and keeps,
+per 10-ms frame, its level and a few log band energies. Without cues (for
 example windows read back from a table), steps 2 and 4 are skipped.
 """
 
@@ -69,6 +69,16 @@ class FrameCues:
     def frames(self) -> int:
         """F, the number of frames."""
         return len(self.level_db)
+
+    def to_bytes(self) -> bytes:
+        """The cues as bytes (float32 (F, 9): level, then the bands), for a table or a pipeline column."""
+        return np.concatenate([self.level_db[:, None], self.bands], axis=1).astype(np.float32).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FrameCues":
+        """Inverse of :meth:`to_bytes`."""
+        table = np.frombuffer(data, np.float32).reshape(-1, 1 + _BANDS)
+        return cls(table[:, 0].copy(), table[:, 1:].copy())
 
 
 @dataclass(frozen=True)
@@ -120,17 +130,17 @@ class Run:
 
 
 class CueTracker:
-    """Builds a file's :class:`FrameCues` from its windows as they are cut.
+    """Builds a file's :class:`FrameCues` from its decoded samples as they are read.
 
-    Feed every batch of windows in order (:meth:`push_windows`), then call
-    :meth:`finish`. The signal is rebuilt from the windows (window ``i`` holds
-    it from ``i * hop`` on), so windows that leave gaps (a hop longer than the
-    window) give no cues.
+    Feed the file's mono samples in order, in blocks of any size
+    (:meth:`push`; ``AudioStream.windows(on_audio=tracker.push)`` does it),
+    then call :meth:`finish`. The cues cover all the audio pushed, including
+    a tail too short to make a window.
 
     Parameters
     ----------
     sample_rate : int
-        Rate of the windows' samples (Hz).
+        Rate of the samples (Hz).
     """
 
     def __init__(self, *, sample_rate: int):
@@ -138,34 +148,16 @@ class CueTracker:
         self._buffer = np.zeros(0, np.float32)
         self._consumed = 0           # samples before _buffer[0]
         self._frames = 0             # frames done
-        self._pending: tuple[np.ndarray, int] | None = None
         self._levels: list[np.ndarray] = []
         self._bands: list[np.ndarray] = []
 
-    def push_windows(self, samples: np.ndarray, audio_samples: np.ndarray, *, hop_samples: int) -> None:
-        """Take the next consecutive windows of the file.
-
-        Parameters
-        ----------
-        samples : np.ndarray, float32, shape (B, window_samples)
-        audio_samples : np.ndarray, int, shape (B,)
-            Samples of real audio in each window (the rest is padding).
-        hop_samples : int
-            Samples between window starts.
-        """
-        for row, audio in zip(samples, np.asarray(audio_samples, np.int64)):
-            if self._pending is not None:
-                previous, previous_audio = self._pending
-                self._take(previous[:min(hop_samples, previous_audio)])
-            self._pending = (row, int(audio))
+    def push(self, samples: np.ndarray) -> None:
+        """Take the next block of the file's samples (np.ndarray, float32, shape (N,))."""
+        self._take(np.asarray(samples, np.float32))
         self._emit(final=False)
 
     def finish(self) -> FrameCues:
-        """The cues of everything pushed (the last window's audio to its end)."""
-        if self._pending is not None:
-            row, audio = self._pending
-            self._take(row[:audio])
-            self._pending = None
+        """The cues of everything pushed (a partial last frame included)."""
         self._emit(final=True)
         return FrameCues(np.concatenate(self._levels or [np.zeros(0, np.float32)]),
                          np.concatenate(self._bands or [np.zeros((0, _BANDS), np.float32)]))

@@ -40,6 +40,8 @@ def archive(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     clip = synth.speech_like(10.0, sample_rate=8000, seed=9)
     sf.write(long, np.tile(clip, int(LONG_SECONDS / 10) + 1)[: int(LONG_SECONDS * 8000)], 8000)
     made[long] = "ok"
+    sf.write(root / "j_silence.wav", np.zeros(8 * 22050, np.float32), 22050)   # digital silence: labelled silence
+    made[root / "j_silence.wav"] = "ok"
     (root / "g_empty.wav").write_bytes(b"")
     (root / "h_noise.flac").write_bytes(np.random.default_rng(0).bytes(4000))
     (root / "sub" / "i_text.wav").write_text("this is not audio\n" * 20)
@@ -58,7 +60,7 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     code = main(["infer", str(root), "--model", str(model_dir), "--out", str(out), "--chunk-files", "3"])
     assert code == 1  # three broken files
     printed = capsys.readouterr()
-    assert "9 files, 6 ok" in printed.out and "3 failed" in printed.out
+    assert "10 files, 7 ok" in printed.out and "3 failed" in printed.out
     assert f"{root / 'g_empty.wav'}: empty file" in printed.err and str(out / "report.html") in printed.err
     tables = read_outputs(out)
     predictions, windows, segments = tables["predictions"], tables["windows"], tables["segments"]
@@ -72,9 +74,10 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     assert "empty file" in by_path.loc[str(root / "g_empty.wav"), "error"]
 
     ok = predictions[predictions.status == "ok"]
-    assert set(ok["label"]) <= {"music", "speech"} and ok["error"].isna().all()
+    assert set(ok["label"]) <= {"music", "speech", "silence"} and ok["error"].isna().all()
     np.testing.assert_allclose(ok["p_music"] + ok["p_speech"], 1, atol=1e-5)
-    np.testing.assert_allclose(ok["confidence"], np.maximum(ok["p_music"], ok["p_speech"]))
+    silence = by_path.loc[str(root / "j_silence.wav")]
+    assert silence["label"] == "silence" and silence["silence_s"] == silence["duration_s"] == 8.0
     assert (ok["model_id"].str.startswith("trained-")).all() and (ok["feature_hash"] == PAPER.hash).all()
     long = by_path.loc[str(root / "sub" / "f_long.wav")]
     assert long["duration_s"] == pytest.approx(LONG_SECONDS) and long["windows"] == LONG_SECONDS // 5
@@ -93,16 +96,20 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
         assert starts[0] == 0 and np.array_equal(starts[1:], ends[:-1])
         assert ends[-1] == pytest.approx(by_path.loc[path, "duration_s"])
         assert (group["label"].to_numpy()[1:] != group["label"].to_numpy()[:-1]).all()
+        # the file's label is its dominant content class, its confidence that class's segments' (by seconds)
+        mine = group[group["label"] == by_path.loc[path, "label"]]
+        lengths = mine["end_s"] - mine["start_s"]
+        assert by_path.loc[path, "confidence"] == pytest.approx((mine["confidence"] * lengths).sum() / lengths.sum())
 
     # summary.json, the Parquet metadata and report.html name the broken files; errors do not repeat the path
     broken = sorted(path for path, status in expected.items() if status == "error")
     facts = json.loads((out / "summary.json").read_text())
-    assert sorted(row["path"] for row in facts["failed"]) == broken and facts["by_status"] == {"ok": 6, "error": 3}
+    assert sorted(row["path"] for row in facts["failed"]) == broken and facts["by_status"] == {"ok": 7, "error": 3}
     assert facts["arguments"]["chunk_files"] == 3 and facts["model_id"].startswith("trained-")
     assert set(facts["timings_s"]) >= {"labelling", "assembling", "total"}
     for name in ("predictions", "windows", "segments"):
         metadata = json.loads(pq.read_metadata(out / f"{name}.parquet").metadata[b"msc.summary"])
-        assert metadata["files"] == 9 and metadata["by_status"] == facts["by_status"], name
+        assert metadata["files"] == 10 and metadata["by_status"] == facts["by_status"], name
     report = (out / "report.html").read_text()
     assert all(path in report for path in broken) and "Failed files (3)" in report
     assert not any(path in message for path, message in zip(errors["path"], errors["error"]))

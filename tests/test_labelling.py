@@ -8,8 +8,9 @@ import pytest
 from msc_core import synth
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
-from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, aggregate, featurize_file, format_label, label_array,
-                                label_dict, label_file, label_tables, load_model, segments_of, window_config)
+from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, dominant_label, featurize_file,
+                                format_label, label_array, label_dict, label_file, label_tables, load_model,
+                                segments_of, window_config)
 from msc_core.model import MscModel, build_model
 from tests.conftest import write_audio
 
@@ -33,17 +34,42 @@ def test_segments_stand_for_window_centres_and_tile_the_file():
     assert all(0.5 < s.confidence < 1 for s in segments)
 
 
-def test_aggregate_is_mean_argmax_max():
+def test_aggregate_means_windows_and_labels_by_dominant_segment():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
     label = aggregate("a.wav", start_s=np.array([0.0, 5, 10]), end_s=np.array([5.0, 10, 12]), duration_s=12.0,
                       probs=probs, model_id="m", feature_hash="h")
     assert label.label == "music"
     assert label.p_music == pytest.approx(1.6 / 3) and label.p_speech == pytest.approx(1.4 / 3)
-    assert label.confidence == pytest.approx(label.p_music)
+    music = [s for s in label.segments if s.label == "music"]
+    assert label.confidence == pytest.approx(music[0].confidence) and len(music) == 1
     assert label.music_fraction == pytest.approx(2 / 3) and label.speech_fraction == pytest.approx(1 / 3)
     assert label.windows == 3 and label.status == "ok" and label.error is None
     assert [s.label for s in label.segments] == ["speech", "music"]
     assert label.segments[-1].end_s == 12.0
+
+
+def test_the_label_is_the_content_class_with_the_most_seconds_or_silence():
+    segments = [Segment(0, 6, "speech", 0.9), Segment(6, 10, "silence", 1.0), Segment(10, 13, "music", 0.6),
+                Segment(13, 15, "music", 0.8)]
+    assert dominant_label(segments) == ("speech", pytest.approx(0.9))
+    assert dominant_label(segments[1:]) == ("music", pytest.approx((3 * 0.6 + 2 * 0.8) / 5))
+    assert dominant_label([Segment(0, 3.5, "music", 0.7), Segment(3.5, 6, "speech", 0.8)])[0] == "music"
+    assert dominant_label([Segment(0, 3, "speech", 0.7), Segment(3, 6, "music", 0.8)])[0] == "speech"  # a tie
+    assert dominant_label([Segment(0, 12, "silence", 0.999)]) == ("silence", pytest.approx(0.999))
+
+
+def test_silence_is_labelled_silence_not_speech_or_music(tmp_path, tiny_model):
+    import soundfile as sf
+
+    silent, half = tmp_path / "silent.wav", tmp_path / "half.wav"
+    sf.write(silent, np.zeros(12 * 22050, np.float32), 22050)
+    music = synth.music_like(8.0, sample_rate=22050, seed=1)
+    sf.write(half, np.concatenate([np.zeros(6 * 22050, np.float32), music, np.zeros(6 * 22050, np.float32)]), 22050)
+    label = label_file(silent, tiny_model)
+    assert (label.label, label.seconds("silence"), label.segments[-1].end_s) == ("silence", 12.0, 12.0)
+    label = label_file(half, tiny_model)
+    assert label.seconds("silence") == pytest.approx(12.0, abs=0.1) and label.label in ("speech", "music")
+    assert label.confidence == pytest.approx(next(s.confidence for s in label.segments if s.label == label.label))
 
 
 def test_tables_hold_one_row_per_file_window_and_segment():

@@ -13,21 +13,15 @@ from msc_core.segmentation import (FRAME_S, CueTracker, FrameCues, SegmentParams
 RATE = 22050
 
 
-def cues_of(signal: np.ndarray, *, window: int = 110250, hop: int = 22016, batch: int = 3) -> FrameCues:
-    """Cues of ``signal`` fed as AudioStream cuts it: windows ``hop`` apart, zero-padded, in batches."""
-    starts = np.arange(0, len(signal), hop)
-    rows = np.zeros((len(starts), window), np.float32)
-    audio = np.zeros(len(starts), np.int64)
-    for i, start in enumerate(starts):
-        piece = signal[start:start + window]
-        rows[i, :len(piece)], audio[i] = piece, len(piece)
+def cues_of(signal: np.ndarray, *, block: int = 22016) -> FrameCues:
+    """Cues of ``signal`` pushed in blocks of ``block`` samples, as AudioStream reads it."""
     tracker = CueTracker(sample_rate=RATE)
-    for first in range(0, len(rows), batch):
-        tracker.push_windows(rows[first:first + batch], audio[first:first + batch], hop_samples=hop)
+    for first in range(0, len(signal), block):
+        tracker.push(signal[first:first + block])
     return tracker.finish()
 
 
-def test_cues_are_levels_every_10_ms_however_the_windows_come():
+def test_cues_are_levels_every_10_ms_however_the_blocks_come():
     seconds = 12.34
     t = np.arange(int(seconds * RATE)) / RATE
     signal = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
@@ -36,8 +30,8 @@ def test_cues_are_levels_every_10_ms_however_the_windows_come():
     assert cues.frames == int(np.ceil(seconds / FRAME_S)) and cues.bands.shape == (cues.frames, 8)
     assert cues.level_db[:390] == pytest.approx(10 * np.log10(0.125), abs=0.2)   # sine of amplitude 0.5, 4.4 periods
     assert (cues.level_db[401:599] < -100).all()
-    for window, hop, batch in ((110250, 110250, 16), (110250, 11264, 1)):
-        other = cues_of(signal, window=window, hop=hop, batch=batch)
+    for block in (110250, 1000, 221, len(signal)):
+        other = cues_of(signal, block=block)
         np.testing.assert_allclose(other.level_db, cues.level_db, atol=1e-4)
         np.testing.assert_allclose(other.bands, cues.bands, atol=1e-3)
     # the 440-Hz band is the loudest
@@ -83,7 +77,7 @@ def test_minimum_durations_remove_short_runs():
 def test_boundaries_move_to_the_cut_and_silence_is_its_own_segment():
     music, speech = synth.music_like(20, sample_rate=RATE, seed=1), synth.speech_like(20, sample_rate=RATE, seed=2)
     signal = np.concatenate([music, speech, np.zeros(3 * RATE, np.float32), music[:10 * RATE]])
-    cues = cues_of(signal, hop=110250)
+    cues = cues_of(signal, block=110250)
     centre = np.arange(0, 53, 5.0) + 2.5
     truth = np.select([centre < 20, centre < 40, centre < 43], [1.0, 0.0, 0.5], 1.0)   # windows 5 s apart
     probs = np.stack([1 - truth, truth], axis=1)
@@ -94,13 +88,14 @@ def test_boundaries_move_to_the_cut_and_silence_is_its_own_segment():
     assert edges[1] == pytest.approx(40.0, abs=0.25) and edges[2] == pytest.approx(43.0, abs=0.05)
 
 
-def test_featurize_file_carries_cues_over_the_windows(tmp_path):
+def test_featurize_file_carries_cues_over_all_the_audio(tmp_path):
     from tests.conftest import write_audio
 
-    path = write_audio(tmp_path / "m.wav", "music", 9.0, sample_rate=16000)
-    for hop in (None, 1.0):
+    path = write_audio(tmp_path / "m.wav", "music", 12.0, sample_rate=16000)
+    for hop in (None, 1.0, 7.0):   # 5-s windows leave a 2-s tail out; 7-s hops leave gaps
         features = featurize_file(path, window_config("all", hop))
-        assert features.cues is not None and abs(features.cues.frames - 900) <= 1
+        assert features.cues is not None and abs(features.cues.frames - 1200) <= 1
+    assert featurize_file(path, window_config("all", None)).end_s[-1] == 10.0
     assert window_config("all", 1.0).hop_samples == 43 * 512
 
 
