@@ -63,7 +63,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Iterable, Sequence
 
-from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
+from jobs.options import (add_limit_arguments, add_verify_argument, add_window_arguments, decode_limits,
+                          window_config)
 from jobs.raylib import add_ray_arguments
 
 DEFAULT_SHARD_MB = 64.0
@@ -102,6 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="let manifests name files outside their own folder")
     add_window_arguments(parser)
     add_limit_arguments(parser)
+    add_verify_argument(parser)
     parser.add_argument("--split", default="70/15/15", metavar="TRAIN/VAL/TEST",
                         help="split fractions by group (default 70/15/15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = featurize_archive(args.sources, out=args.out, config=config, layout=args.layout,
                                  fractions=fractions, seed=args.seed, shard_mb=args.shard_mb,
                                  files_per_task=args.files_per_task, allow_outside=args.allow_outside,
-                                 limits=limits, isolate=not args.no_isolation, progress=console.level() > console.QUIET)
+                                 limits=limits, isolate=not args.no_isolation, progress=console.level() > console.QUIET,
+                                 verify=args.verify)
     console.summary(summary_line(manifest))
     return 1 if manifest["errors"] else 0
 
@@ -263,7 +266,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
                       fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                       shard_mb: float = DEFAULT_SHARD_MB, files_per_task: int = DEFAULT_FILES_PER_TASK,
                       allow_outside: bool = False, limits=None, isolate: bool = True,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, verify: bool = False) -> dict[str, Any]:
     """Featurize ``sources`` into ``out`` on the connected Ray cluster, incrementally (see the module docstring).
 
     Parameters
@@ -288,6 +291,8 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
         Decode in supervised child processes that enforce ``limits.max_decode_s`` (see :func:`featurize_chunk`).
     progress : bool
         Print progress lines to stderr.
+    verify : bool
+        Read every committed shard in full first; the files of a damaged one are featurized again.
 
     Returns
     -------
@@ -311,7 +316,8 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
                            seed=seed, sources=sources)
     try:
         run, counted, failed = _featurize(listing, out=out, config=config, limits=limits, shard_mb=shard_mb,
-                                          files_per_task=files_per_task, isolate=isolate, progress=progress)
+                                          files_per_task=files_per_task, isolate=isolate, progress=progress,
+                                          verify=verify)
         records = run.finish()
         manifest = _manifest(records, run=run, counted=counted, failed=failed, sources=sources, out=out,
                              config=config, layout=layout, fractions=fractions, seed=seed, shard_mb=shard_mb,
@@ -328,7 +334,7 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
 
 
 def _featurize(listing, *, out: str, config, limits, shard_mb: float, files_per_task: int, isolate: bool,
-               progress: bool):
+               progress: bool, verify: bool):
     """Plan ``listing`` against ``out``'s snapshot and run its chunks on Ray, committing as they finish.
 
     Returns the :class:`msc_core.engine.Run`, the progress counts and the error rows of tasks that died.
@@ -340,7 +346,7 @@ def _featurize(listing, *, out: str, config, limits, shard_mb: float, files_per_
 
     run = Run(out, listing=listing, settings=settings_of(config, max_windows=limits.max_windows),
               files_per_chunk=files_per_task, part_folders=[SHARDS_DIR], extra_fields=list(_schema(RECORD_FIELDS)),
-              every_chunks=max(2, cluster_cpus()))
+              every_chunks=max(2, cluster_cpus()), verify=verify)
     if progress:
         print(f"featurize: {len(listing.entries)} files listed ({listing.duplicates} duplicates), "
               + ", ".join(f"{count} {name}" for name, count in run.plan.counts().items()), file=sys.stderr, flush=True)

@@ -529,7 +529,8 @@ class Run:
     """One job run over an output folder: plan against the snapshot, commit per batch, clean up at the end.
 
     Creating it reads the committed records, checks the committed part files
-    (missing or of another size: their chunks are redone), plans, and commits
+    (missing or of another size, and with ``verify`` any that fails to read in
+    full with its page checksums: their chunks are redone), plans, and commits
     the removal of chunks whose files are all gone. Nothing else changes
     until :meth:`done` commits finished chunks.
 
@@ -547,11 +548,14 @@ class Run:
         The job's own record columns.
     every_chunks, every_s
         Commit cadence (:class:`Committer`).
+    verify : bool
+        Read every committed part file in full (a flipped bit keeps a file's size).
     """
 
     def __init__(self, out: str, *, listing: Listing, settings: str, files_per_chunk: int,
                  part_folders: Sequence[str], extra_fields: Sequence[tuple[str, pa.DataType]] = (),
-                 every_chunks: int = 8, every_s: float = 10.0):
+                 every_chunks: int = 8, every_s: float = 10.0, verify: bool = False):
+        from .shards import parquet_problem
         from .storage import file_sizes, make_dirs
 
         self.out, self.listing, self.settings, self.part_folders = out.rstrip("/"), listing, settings, part_folders
@@ -560,6 +564,10 @@ class Run:
         committed = self.records.read()
         sizes = {f"{folder}/{name}": size for folder in part_folders
                  for name, size in file_sizes(f"{self.out}/{folder}").items()}
+        if verify:
+            for name in sorted(committed_parts(committed) & sizes.keys()):
+                if parquet_problem(f"{self.out}/{name}") is not None:
+                    sizes[name] = -1   # counted as damaged below
         self.damaged = damaged_chunks(committed, sizes)
         self.plan = plan(listing, committed, settings=settings, files_per_chunk=files_per_chunk, damaged=self.damaged)
         self.committer = Committer(self.records, every_chunks=every_chunks, every_s=every_s)

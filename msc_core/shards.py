@@ -183,6 +183,23 @@ class ShardWriter:
         self._columns, self._codes, self._bytes = [], [], 0
 
 
+def parquet_problem(path: str) -> str | None:
+    """Why the Parquet file at ``path`` does not read back in full with its page checksums, or None.
+
+    Reads every page: what a file of the right size that has a flipped bit needs
+    (:class:`msc_core.engine.Run` with ``verify=True``).
+    """
+    filesystem, inner = resolve_filesystem(path)
+    try:
+        with filesystem.open_input_file(inner) as handle:
+            reader = pq.ParquetFile(handle, page_checksum_verification=True)
+            for _ in reader.iter_batches(batch_size=4096):
+                pass
+    except (pa.ArrowException, OSError) as error:
+        return str(error)
+    return None
+
+
 def read_feature_config(path: str, *, filesystem: pafs.FileSystem | None = None) -> FeatureConfig:
     """The FeatureConfig stored in one shard's Parquet metadata."""
     if filesystem is None:
@@ -220,7 +237,7 @@ def iter_batches(paths: Sequence[str], config: FeatureConfig, *, columns: Sequen
                         yield batch.select(list(columns))
             except (pa.ArrowException, OSError) as error:
                 raise CorruptShardError(f"{path}: damaged shard ({error}); rerun msc featurize with the same "
-                                        "--out to redo it") from error
+                                        "--out and --verify to redo it") from error
 
 
 def list_shards(source: str | Sequence[str]) -> list[str]:

@@ -125,6 +125,10 @@ def test_damaged_shards_are_named_on_read_and_redone(ray_local, tmp_path):
             pass
     assert featurize(data, "--out", out, "--files-per-task", 1) == 0
     assert manifest(out)["changes"]["repaired"] == 1        # the truncated one, found by its size
+    assert featurize(data, "--out", out, "--files-per-task", 1, "--verify") == 0
+    assert manifest(out)["changes"]["repaired"] == 1        # the flipped bit, found by reading every page
+    assert featurize(data, "--out", out, "--files-per-task", 1, "--verify") == 0
+    assert manifest(out)["changes"]["repaired"] == 0
     Path(third).unlink()                                     # a missing shard
     assert featurize(data, "--out", out, "--files-per-task", 1) == 0
     assert manifest(out)["changes"]["repaired"] == 1
