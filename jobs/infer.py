@@ -60,8 +60,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jobs.console import NORMAL, level, progress, summary
-from jobs.options import (add_limit_arguments, add_verify_argument, add_window_arguments, decode_limits,
-                          window_config)
+from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 
 log = logging.getLogger("msc.infer")
@@ -85,7 +84,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (local path or URI)")
     add_window_arguments(parser)
     add_limit_arguments(parser)
-    add_verify_argument(parser)
     parser.add_argument("--format", default="parquet,csv", metavar="FMT",
                         help="final file formats, comma-separated from parquet,csv (default both)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
@@ -333,8 +331,7 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
     Raises
     ------
     CorruptShardError
-        A part that cannot be read (a rerun redoes it: one of another size always, one with a flipped
-        bit with ``--verify``).
+        A part that cannot be read (a rerun reads every part in full and redoes the damaged ones).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -361,8 +358,8 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
                         with filesystem.open_input_file(path) as handle:
                             table = pq.ParquetFile(handle, page_checksum_verification=True).read().cast(schema)
                     except (pa.ArrowException, OSError) as error:
-                        raise CorruptShardError(f"{path}: damaged part ({error}); rerun the same command with "
-                                                "--verify to redo it") from error
+                        raise CorruptShardError(f"{path}: damaged part ({error}); rerun the same command to redo "
+                                                "it") from error
                     for writer in writers:
                         writer.write_table(table if isinstance(writer, pq.ParquetWriter) else csv_table(table))
                     if kind == "predictions":
@@ -415,7 +412,7 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
 def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
                   hop_s: float | None = None, limits=None, formats: Sequence[str] = ("parquet", "csv"),
                   batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
-                  address: str | None = None, num_cpus: int | None = None, verify: bool = False,
+                  address: str | None = None, num_cpus: int | None = None,
                   arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     """Label ``sources`` into ``out`` on Ray, incrementally (see the module docstring).
 
@@ -442,8 +439,6 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         Decode in supervised child processes.
     address, num_cpus
         Ray to join or start (:func:`jobs.raylib.init_ray`) when there is work to do.
-    verify : bool
-        Read every committed part in full first; the files of a damaged one are labelled again.
     arguments : dict or None
         The command's arguments, recorded in ``summary.json``.
 
@@ -489,7 +484,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     run = Run(out, listing=listing, settings=settings_of(model_id=model_id, config=config,
                                                          max_windows=limits.max_windows),
               files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
-              every_chunks=COMMIT_EVERY_CHUNKS, verify=verify)
+              every_chunks=COMMIT_EVERY_CHUNKS, verify=True)  # parts are small: read each in full
     log.info("%d chunks already labelled, %d to do", len(run.plan.kept), len(run.plan.chunks))
     run_summary.mark("listing")
     pending = {chunk.id: chunk for chunk in run.plan.chunks}
@@ -531,8 +526,7 @@ def run(args: argparse.Namespace) -> int:
     result = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
                            limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
                            num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
-                           address=args.address, num_cpus=args.num_cpus, verify=args.verify,
-                           arguments=arguments_of(args))
+                           address=args.address, num_cpus=args.num_cpus, arguments=arguments_of(args))
     line, *details = result["console"]
     summary(line)
     if details and level() >= NORMAL:  # the first failed files by name, where the rest and the report are

@@ -219,6 +219,17 @@ def test_infer_reruns_follow_the_archive(ray_local, model_dir, tmp_path, capsys)
     assert infer(data, out, model_dir) == 0
     assert "2 repaired" in capsys.readouterr().out
     pd.testing.assert_frame_equal(predictions(out), predictions(scratch))
+    # so is a part with a flipped bit, which keeps its size: every infer rerun reads the parts in full
+    records = FileRecords(str(out)).read().to_pandas().set_index("path")
+    [part] = [out / name for name, _ in json.loads(records.loc[str(data / "speech/s0.wav"), "parts"])
+              if "/predictions/" in name]
+    raw = bytearray(part.read_bytes())
+    raw[len(raw) // 4] ^= 0x10
+    part.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert infer(data, out, model_dir) == 0
+    assert "2 repaired" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(predictions(out), predictions(scratch))
     # an empty listing is refused and changes nothing
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")

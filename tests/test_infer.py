@@ -124,7 +124,8 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     pd.testing.assert_frame_equal(read_outputs(out)["predictions"], predictions)
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_run_resumes_to_the_uninterrupted_result(ray_local, model_dir, tmp_path, signal_number):
     root = tmp_path / "files"
     paths = [write_audio(root / f"{index:02d}.wav", ("music", "speech")[index % 2], 6.0 + index, seed=index)

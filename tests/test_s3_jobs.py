@@ -105,6 +105,7 @@ def test_infer_and_predict_from_and_to_s3(s3_server, model_dir, tmp_path):
     assert row["p_music"] == pytest.approx(by_path.loc["s3://labels/in/music/0.wav", "p_music"], abs=1e-5)
 
 
+@pytest.mark.slow  # 1.5-2 min on 2 cores; featurize and infer on S3 stay in the default suite
 @pytest.mark.usefixtures("s3_env_here")
 def test_train_from_and_to_s3_with_resume(s3_server, tmp_path):
     from jobs.train import finished_checkpoints, train

@@ -97,6 +97,7 @@ def test_two_workers_learn_in_sync(ray_local, dataset, tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow  # 2-3 min on 2 cores; the library's resume is in test_training.py
 def test_killed_worker_restarts_from_checkpoint_and_resume(ray_local, dataset, tmp_path):
     from ray.train import TrainingFailedError
 
