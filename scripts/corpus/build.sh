@@ -16,7 +16,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${1:?usage: bash scripts/corpus/build.sh OUT}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-case "$OUT/" in "$REPO"/*) echo "ERROR: OUT must be outside the repository ($REPO)"; exit 2 ;; esac
+case "$OUT/" in "$REPO"/*)   # inside the repository only where git ignores it (e.g. runs/): never commit a corpus
+  git -C "$REPO" check-ignore -q "$OUT" || { echo "ERROR: $OUT is inside the repository and not ignored by git"; exit 2; } ;;
+esac
 CACHE=$OUT/.cache
 mkdir -p "$CACHE/debs"
 PY=$REPO/.venv/bin/python
