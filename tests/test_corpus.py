@@ -183,6 +183,10 @@ def test_joined_events_are_10_to_30_s_without_digital_silence():
     events = [(f"set/{i:03d}.wav", R.fade(tone_bursts(float(d), seed=i)[: int(d * R.SR)], seconds=0.01))
               for i, d in enumerate([1.2, 2.5, 0.8, 3.0, 4.1, 2.2] * 8)]
     clips = R.join_events(events, name="test-set", cutoff_hz=4000)
+    # a short remainder joins the clip before it only while that stays within 30 s (pauses counted)
+    tail = [(f"t/{i}.wav", tone_bursts(2.9, seed=50 + i)) for i in range(12)]
+    for y, _ in R.join_events(tail, name="tail", cutoff_hz=4000, target_s=(27.0, 27.0)):
+        assert len(y) / R.SR <= 30.0
     assert clips and sum(len(files) for _, files in clips) <= len(events)
     for y, files in clips:
         assert 10.0 <= len(y) / R.SR <= 30.0

@@ -413,6 +413,7 @@ def plan(recipe: R.Recipe, *, cache: Path, out: Path) -> tuple[list[dict], dict]
                         seen.add(digest)
                         files.append((str(base / rel), prefix + rel))
                     language = take.get("languages", {}).get(key, take.get("language", "none")).format(set=key)
+                    language = language.replace("_", "-")     # BCP-47 style: en-GB, pt-BR
                     group = take.get("group", "{package}:{set}").format(package=package.name, set=key)
                     tag = take.get("tag", "")
                     jobs.append(dict(common, set=f"{package.name}:{tag}{key}", files=files, group=group,

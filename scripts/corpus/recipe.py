@@ -493,7 +493,8 @@ def join_events(events: Sequence[tuple[str, np.ndarray]], *, name: str, cutoff_h
     if groups and lengths[-1] < min_s:
         last = groups.pop()
         lengths.pop()
-        if groups and lengths[-1] + 0.3 + sum(len(x) / SR for _, x, _ in last) <= clip_max_s:
+        if groups and lengths[-1] + 0.3 + sum(len(x) / SR + gap for _, x, gap in last[1:]) \
+                + len(last[0][1]) / SR <= clip_max_s:
             groups[-1] += [(rel, x, 0.3 if i == 0 else gap) for i, (rel, x, gap) in enumerate(last)]
     clips = []
     for k, group in enumerate(groups):
