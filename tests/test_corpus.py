@@ -285,7 +285,10 @@ def test_derived_clips_are_chosen_by_fixed_rules(tmp_path):
     again = B.derived_jobs(rows, out=tmp_path, settings={"codec_every": 3, "mix_every": 3,
                                                           "silence_clips_per_kind": 2})
     assert jobs == again
-    codecs = [j for j in jobs if j["rule"] == "codec"]
+    codecs = [j for j in jobs if j["rule"] == "codec" and j["row"]["label"] == "speech"]
+    music_codecs = [j for j in jobs if j["rule"] == "codec" and j["row"]["label"] == "music"]
+    assert [j["row"]["path"] for j in music_codecs] == ["music/m2.wav"]
+    assert music_codecs[0]["codec"] in B.MUSIC_CODECS and not music_codecs[0]["codec"].startswith("codec2")
     mixes = [j for j in jobs if j["rule"] == "mix"]
     assert [j["row"]["path"] for j in codecs] == ["speech/v00.wav", "speech/v03.wav", "speech/v06.wav",
                                                   "speech/v09.wav"]

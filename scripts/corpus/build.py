@@ -430,8 +430,12 @@ def read_clip(out: Path, rel: str) -> np.ndarray:
     return x
 
 
+MUSIC_CODECS = ("g723.1", "g726-16k", "gsm-fr", "mp3-16k", "mp3-8k", "opus-6k", "speex-nb", "telephone-mulaw")
+"""Codecs music meets on telephone lines and in low-bitrate streams (Codec 2 is a speech-only vocoder)."""
+
+
 def codec_job(job: dict) -> tuple[list[dict], list[str]]:
-    """Encode a wideband speech clip with a speech/telephone codec and decode it back."""
+    """Encode a wideband clip (speech or music) with a codec and decode it back; the label is kept."""
     out, row = Path(job["out"]), job["row"]
     args, fmt, bandwidth, rate, description = CODECS[job["codec"]]
     x = read_clip(out, row["path"])
@@ -441,14 +445,14 @@ def codec_job(job: dict) -> tuple[list[dict], list[str]]:
         return [], [f"ERROR codec {job['codec']} on {row['path']}: {encoded.stderr.decode(errors='replace')[-200:]}"]
     y = ffmpeg_f32((["-f", fmt] if fmt else []) + ["-i", "-", "-ac", "1", "-ar", str(R.SR)], data=encoded.stdout)
     y = np.concatenate([y, np.zeros(max(0, len(x) - len(y)), np.float32)])[:len(x)]
-    rel = f"speech/{Path(row['path']).stem}__{job['codec']}.wav"
+    rel = f"{row['label']}/{Path(row['path']).stem}__{job['codec']}.wav"
     dur, extra = store(out, rel, y, cutoff_hz=bandwidth)
     new = dict(row, path=rel, bandwidth_hz=bandwidth, sample_rate_original=f"{row['sample_rate_original']}>{rate}",
                duration_s=f"{dur:.3f}", source=row["source"],
                label_evidence=f"{row['label_evidence']}; then encoded with {description} (a transformation)",
                original_file=f"{row['path']} (this corpus)",
                notes=f"{description}: {row['path']} encoded and decoded with ffmpeg ({job['codec']}); "
-                     f"same voice and group as that clip.{extra}")
+                     f"same {'voice' if row['label'] == 'speech' else 'track'} and group as that clip.{extra}")
     return [new], []
 
 
@@ -506,6 +510,9 @@ def derived_jobs(rows: list[dict], *, out: Path, settings: dict) -> list[dict]:
     names = sorted(CODECS)
     for i, row in enumerate(wide_speech[::every]):
         jobs.append(dict(rule="codec", out=str(out), row=row, codec=names[i % len(names)]))
+    music_every = int(settings.get("music_codec_every", 4))
+    for i, row in enumerate(music[2::music_every]):
+        jobs.append(dict(rule="codec", out=str(out), row=row, codec=MUSIC_CODECS[i % len(MUSIC_CODECS)]))
     mix_every = int(settings.get("mix_every", 3))
     rng = np.random.default_rng(R.seed_of(name="mix-music-choice"))
     for i, row in enumerate(wide_speech[1::mix_every]):
