@@ -27,7 +27,6 @@ import fnmatch
 import hashlib
 import io
 import re
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from math import gcd
@@ -38,6 +37,11 @@ import numpy as np
 import soundfile as sf
 
 from msc_core.errors import InputError, ParameterError
+
+try:  # Python 3.11+; the project also supports 3.10, where only the recipe file cannot be read
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
+    tomllib = None
 
 SR = 22050
 """Sample rate of every clip in the corpus (mono, 16-bit PCM)."""
@@ -120,6 +124,8 @@ def load_recipe(*, path: str | Path = SOURCES_TOML) -> Recipe:
     InputError
         A package lacks a field or a take names an unknown label.
     """
+    if tomllib is None:
+        raise InputError("reading the corpus recipe (sources.toml) needs Python 3.11 or newer (tomllib)")
     data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     packages = []
     for entry in data.get("package", []):
