@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Rebuild msc's bundled default model from the shared corpus of recorded speech and music.
+# Rebuild msc's bundled default model from the project's corpus of recorded speech and music.
 # Usage: bash scripts/build_default_model.sh [WORK_DIR]     (default ./runs; about 1.5 h on 2 cores)
-#   1. builds the corpus with ../shared/data/build_train_corpus.sh (Debian 12, as root; skipped if present)
+#   1. builds the corpus with scripts/corpus/build.sh (Debian 12 with apt; pinned packages; skipped if present;
+#      the music and speech clips are used, see scripts/corpus/README.md)
 #   2. writes a manifest that holds out whole source packages as val and test (scripts/corpus_split_manifest.py)
 #   3. featurizes it (msc featurize: the val and test windows every evaluation reads)
 #   4. adds one augmented copy of every train clip (band-limiting, white noise, time shift; val and test
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mkdir -p "${1:-runs}" && cd "${1:-runs}" && pwd)
 CORPUS=${CORPUS:-$WORK/train_corpus}
-[ -f "$CORPUS/manifest.csv" ] || bash ../shared/data/build_train_corpus.sh "$CORPUS"
+[ -f "$CORPUS/manifest.csv" ] || bash scripts/corpus/build.sh "$CORPUS"
 .venv/bin/python scripts/corpus_split_manifest.py "$CORPUS" "$WORK/corpus_manifest.csv"
 .venv/bin/msc featurize "$WORK/corpus_manifest.csv" --out "$WORK/corpus_shards" --allow-outside
 AUG=$WORK/augment/band+noise+shift

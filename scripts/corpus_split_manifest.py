@@ -1,4 +1,4 @@
-"""Write a manifest of the shared training corpus that holds out whole source packages.
+"""Write a manifest of the training corpus that holds out whole source packages.
 
 Usage: python scripts/corpus_split_manifest.py CORPUS_DIR OUT.csv
 
@@ -7,6 +7,13 @@ scores estimate accuracy on recordings from unseen sources. Groups (tracks,
 voices) never straddle splits because whole packages move together; the two
 packages that share a voice (Asterisk en/es) and the two grouped by language
 (ktuberling/klettres) stay together in train.
+
+Reads either corpus: v2 from ``scripts/corpus/build.sh`` (column ``source``;
+codec copies keep the source and group of the clip they were made from, so
+they land in its split) or the first one (column ``source_package``). The
+default model is a music/speech classifier (``msc_core.config.LABELS``), so only
+those two labels are kept; the v2 classes speech_over_music, silence and noise
+are left for the segmentation model of issue 11.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ HELD_OUT = {
 
 def main(corpus: str, out: str) -> None:
     table = pd.read_csv(Path(corpus) / "manifest.csv")
+    if "source_package" not in table.columns:
+        table["source_package"] = table["source"]
+    table = table[table["label"].isin(["music", "speech"])].copy()
     split_of = {package: split for split, packages in HELD_OUT.items() for package in packages}
     table["split"] = table["source_package"].map(split_of).fillna("train")
     table["path"] = [str((Path(corpus) / path).resolve()) for path in table["path"]]
