@@ -308,7 +308,8 @@ def featurize_archive(sources: Sequence[str], *, out: str, config, layout: str =
     """
     from msc_core.audio import DecodeLimits
     from msc_core.engine import list_entries
-    from msc_core.sources import is_uri, iter_items
+    from msc_core.sources import iter_items
+    from msc_core.storage import is_uri
 
     out = out.rstrip("/") if is_uri(out) else os.path.abspath(out)
     limits = limits or DecodeLimits()

@@ -145,7 +145,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     from msc_core.evaluation import evaluate_shards, write_history
     from msc_core.model import METADATA_FILE, build_model, save_model_dir
     from msc_core.shards import list_shards, resolve_filesystem
-    from msc_core.sources import is_uri
+    from msc_core.storage import is_uri
     from msc_core.storage import exists, output_dir
     from msc_core.training import Checkpoint, ShardPlan
 

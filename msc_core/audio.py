@@ -302,12 +302,14 @@ def _open_binary(source: str | os.PathLike | BinaryIO, path: str):
     """A binary file object for a path, an fsspec URI or an already open file."""
     if hasattr(source, "read"):
         return contextlib.nullcontext(source)
+    from .storage import is_uri, local_path
+
     text = os.fspath(source)
-    if "://" in text and not text.startswith("file://"):
+    if is_uri(text):
         import fsspec
 
         return fsspec.open(text, "rb").open()
-    text = text.removeprefix("file://")
+    text = local_path(text)
     try:
         mode = os.stat(text).st_mode
     except OSError as error:

@@ -47,7 +47,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 
 from .errors import InputError
-from .sources import Item, assign_split, is_uri
+from .sources import Item, assign_split
+from .storage import is_uri, local_path, uri_prefix
 
 RECORDS_DIR = "_files"
 """Folder (under a job's output) of the Delta table of file records."""
@@ -109,7 +110,7 @@ def location_of(path: str) -> str:
     """The resolved location of a listed path: its real path locally, the URI (no trailing ``/``) elsewhere."""
     if is_uri(path):
         return path.rstrip("/")
-    return os.path.realpath(path.removeprefix("file://"))
+    return os.path.realpath(local_path(path))
 
 
 _FINGERPRINTED_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
@@ -125,11 +126,11 @@ def fingerprint_of(path: str, *, filesystems: dict | None = None) -> str:
     """
     if not is_uri(path):
         try:
-            stat = os.stat(path.removeprefix("file://"))
+            stat = os.stat(local_path(path))
         except OSError:
             return ""
         return f"{stat.st_size}:{stat.st_mtime_ns}"
-    protocol = path.split("://", 1)[0].lower()
+    protocol = uri_prefix(path).removesuffix("://").lower()
     if protocol not in _FINGERPRINTED_PROTOCOLS:
         return ""
     import fsspec

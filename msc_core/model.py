@@ -39,8 +39,7 @@ from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_feat
 from .depth import COLORMAP_SIZE, depth_tables
 from .errors import ModelLoadError, OutputExistsError, ParameterError
 from .shards import atomic_output
-from .sources import is_uri
-from .storage import local_dir
+from .storage import is_uri, local_dir
 
 MODEL_FILE = "model.keras"
 FEATURE_CONFIG_FILE = "feature_config.json"

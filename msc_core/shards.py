@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from .config import FeatureConfig, msc_version
 from .errors import CorruptShardError, FeatureConfigMismatchError, InputError
-from .storage import resolve_filesystem
+from .storage import is_uri, resolve_filesystem, uri_prefix
 
 SHARDS_DIR = "shards"
 """Folder of a featurize output that holds the shards."""
@@ -259,7 +259,6 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
         A folder that holds no shards.
     """
     from .engine import FileRecords, committed_parts
-    from .sources import is_uri
 
     if not isinstance(source, str):
         return [path if is_uri(path) else os.path.abspath(path) for path in source]
@@ -274,7 +273,7 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
             raise InputError(f"{source}: its last committed snapshot holds no shards")
         return [f"{source.rstrip('/')}/{name}" for name in found]
     filesystem, inner = resolve_filesystem(source)
-    prefix = "" if "://" not in source else source[:source.index("://") + 3]
+    prefix = uri_prefix(source)
     for folder in (f"{inner.rstrip('/')}/shards", inner.rstrip("/")):
         selector = pafs.FileSelector(folder, allow_not_found=True)
         found = sorted(info.path for info in filesystem.get_file_info(selector)

@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 
 from .config import LABELS
 from .errors import InputError
+from .storage import is_uri, local_path
 
 log = logging.getLogger("msc.sources")
 
@@ -59,11 +60,6 @@ SPLITS = ("train", "val", "test")
 
 _GLOB_CHARS = frozenset("*?[")
 _LIBRISPEECH_NAME = re.compile(r"^(\d+)-(\d+)-\d+$")
-
-
-def is_uri(source: str) -> bool:
-    """Whether ``source`` names a remote fsspec location (``s3://``, ``gs://``, ...), not a local path."""
-    return "://" in source and not source.startswith("file://")
 
 
 def has_audio_extension(path: str) -> bool:
@@ -111,7 +107,7 @@ def _iter_one(source: str) -> Iterator[str]:
     if is_uri(source):
         yield from _iter_remote(source)
         return
-    local = source.removeprefix("file://")
+    local = local_path(source)
     if _GLOB_CHARS & set(local):
         yield from sorted(os.path.abspath(p) for p in globlib.iglob(local, recursive=True)
                           if has_audio_extension(p) and not os.path.isdir(p))

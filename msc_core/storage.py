@@ -14,13 +14,30 @@ from typing import Iterable, Iterator
 import pyarrow.fs as pafs
 
 from .errors import OutputExistsError
-from .sources import is_uri
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names a remote fsspec location (``s3://``, ``gs://``, ...), not a local path.
+
+    ``file://`` URIs are local paths (:func:`local_path`).
+    """
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """A local path or ``file://`` URI as a plain path (``path`` must not be remote: :func:`is_uri`)."""
+    return path.removeprefix("file://")
+
+
+def uri_prefix(path: str) -> str:
+    """The ``scheme://`` that starts a remote ``path``, or "" for a local one."""
+    return path[:path.index("://") + 3] if is_uri(path) else ""
 
 
 def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it, for local paths and URIs (s3://, gs://)."""
     if not is_uri(path):
-        return pafs.LocalFileSystem(), path.removeprefix("file://")
+        return pafs.LocalFileSystem(), local_path(path)
     return pafs.FileSystem.from_uri(path)
 
 
