@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -451,6 +451,18 @@ def _declared_weight_bytes(archive: Path) -> int:
     return total
 
 
+def _on_local_copy(function: Callable[..., Any], uri: str | os.PathLike, **options: Any) -> Any:
+    """``function(local, **options)`` on a temporary local copy of the model directory at ``uri``.
+
+    A :class:`ModelLoadError` names ``uri``, not the copy.
+    """
+    with local_dir(uri) as fetched:
+        try:
+            return function(fetched, **options)
+        except ModelLoadError as error:
+            raise ModelLoadError(str(error).replace(fetched, os.fspath(uri))) from None
+
+
 def check_model_dir(path: str | os.PathLike, *,
                     expected_config: FeatureConfig | None = None) -> tuple[dict[str, Any], FeatureConfig]:
     """Check an msc model directory from its files alone, without loading Keras or TensorFlow.
@@ -481,11 +493,7 @@ def check_model_dir(path: str | os.PathLike, *,
         As :func:`load_model_dir`, for every reason but the archive Keras refuses.
     """
     if is_uri(os.fspath(path)):
-        with local_dir(path) as fetched:
-            try:
-                return check_model_dir(fetched, expected_config=expected_config)
-            except ModelLoadError as error:
-                raise ModelLoadError(str(error).replace(fetched, os.fspath(path))) from None
+        return _on_local_copy(check_model_dir, path, expected_config=expected_config)
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model directory")
@@ -546,11 +554,7 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     import keras
 
     if is_uri(os.fspath(path)):
-        with local_dir(path) as fetched:
-            try:
-                return load_model_dir(fetched, expected_config=expected_config)
-            except ModelLoadError as error:
-                raise ModelLoadError(str(error).replace(fetched, os.fspath(path))) from None
+        return _on_local_copy(load_model_dir, path, expected_config=expected_config)
     metadata, config = check_model_dir(path, expected_config=expected_config)
     path = Path(path)
     try:
