@@ -63,8 +63,7 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Iterable, Sequence
 
-from jobs.options import (add_limit_arguments, add_verify_argument, add_window_arguments, decode_limits,
-                          window_config)
+from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments
 
 DEFAULT_SHARD_MB = 64.0
@@ -103,7 +102,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="let manifests name files outside their own folder")
     add_window_arguments(parser)
     add_limit_arguments(parser)
-    add_verify_argument(parser)
+    parser.add_argument("--verify", action="store_true",
+                        help="read every committed shard in full with its page checksums and featurize again the "
+                             "files of any that fails (a plain rerun checks each shard's size: a flipped bit keeps it)")
     parser.add_argument("--split", default="70/15/15", metavar="TRAIN/VAL/TEST",
                         help="split fractions by group (default 70/15/15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")

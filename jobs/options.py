@@ -49,14 +49,6 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
                              "inside one call is never cut off")
 
 
-def add_verify_argument(parser: argparse.ArgumentParser) -> None:
-    """``--verify``: a rerun reads every committed output file in full and redoes the damaged ones."""
-    parser.add_argument("--verify", action="store_true",
-                        help="read every committed shard or part in full with its page checksums and redo the "
-                             "files of any that fails (a plain rerun checks each file's size: a flipped bit "
-                             "keeps it)")
-
-
 def decode_limits(args: argparse.Namespace):
     """The :class:`~msc_core.audio.DecodeLimits` that ``--file-timeout`` and ``--max-windows`` ask for.
 

@@ -153,7 +153,7 @@ class CueTracker:
 
     def push(self, samples: np.ndarray) -> None:
         """Take the next block of the file's samples (np.ndarray, float32, shape (N,))."""
-        self._take(np.asarray(samples, np.float32))
+        self._buffer = np.concatenate([self._buffer, np.asarray(samples, np.float32)])
         self._emit(final=False)
 
     def finish(self) -> FrameCues:
@@ -161,9 +161,6 @@ class CueTracker:
         self._emit(final=True)
         return FrameCues(np.concatenate(self._levels or [np.zeros(0, np.float32)]),
                          np.concatenate(self._bands or [np.zeros((0, _BANDS), np.float32)]))
-
-    def _take(self, samples: np.ndarray) -> None:
-        self._buffer = np.concatenate([self._buffer, samples])
 
     def _emit(self, *, final: bool) -> None:
         """Turn the complete frames in the buffer (and with ``final`` a partial last one) into cues."""
