@@ -22,8 +22,18 @@ from typing import Any, Literal
 
 from .errors import FeatureConfigMismatchError
 
-LABELS = ("speech", "music")
-"""Class names; a label's index is the model's output index (the paper's order)."""
+CLASSES = ("speech", "music", "speech_over_music", "noise")
+"""Content classes, in this order: what a label in a manifest or shard may be and what a model may name.
+
+``speech_over_music`` is speech with a music bed under it; ``noise`` is sound
+that is neither (effects, applause, crowd, traffic, tones). Silence is found by
+energy, never by a model (:mod:`msc_core.segmentation`). A model names a subset
+of these, in this order (``model.json``'s ``labels``): the paper's binary models
+:data:`LABELS`, msc's models all four.
+"""
+
+LABELS = CLASSES[:2]
+"""The paper's binary task, speech and music: the published model's outputs and the ``--labels binary`` view."""
 
 #: Bumped whenever the depth-layer algorithm changes in a way the fields below do not show.
 FEATURE_ALGORITHM = "depth-layers-v1"

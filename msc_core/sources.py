@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from .config import LABELS
+from .config import CLASSES
 from .errors import InputError
 from .storage import is_uri, local_path
 
@@ -209,7 +209,7 @@ class Item:
     path : str
         Absolute local path or URI.
     label : str or None
-        One of :data:`msc_core.config.LABELS`, or None when unlabelled.
+        One of :data:`msc_core.config.CLASSES`, or None when unlabelled.
     group : str
         Unit that must not straddle splits (track, speaker, file).
     genre : str or None
@@ -247,9 +247,9 @@ def librispeech_item(path: str) -> Item | None:
 
 
 def folders_item(path: str) -> Item | None:
-    """A path with a folder named ``music`` or ``speech`` (the deepest wins) -> that label, group = the file."""
+    """A path with a folder named after a class (``music``, ``speech``, ...; the deepest wins) -> that label, group = the file."""
     for part in reversed(_parts(path)[:-1]):
-        if part.lower() in LABELS:
+        if part.lower() in CLASSES:
             return Item(path, part.lower(), path)
     return None
 
@@ -342,7 +342,7 @@ def iter_manifest(manifest: str, *, allow_outside: bool = False, batch_rows: int
     Raises
     ------
     InputError
-        Missing columns, labels outside :data:`msc_core.config.LABELS`, splits outside :data:`SPLITS`, empty
+        Missing columns, labels outside :data:`msc_core.config.CLASSES`, splits outside :data:`SPLITS`, empty
         paths, or (unless ``allow_outside``) paths leaving the manifest's folder.
     """
     import pyarrow as pa
@@ -392,8 +392,8 @@ def _manifest_items(batches, *, manifest: str, base: str, remote: bool, allow_ou
             resolved = _resolve_manifest_path(_text(path), base=base, remote=remote, allow_outside=allow_outside,
                                               where=f"{manifest} row {row}")
             label = (_text(label) or "").lower() or None
-            if label is not None and label not in LABELS:
-                raise InputError(f"{manifest} row {row}: label {label!r} is not one of {', '.join(LABELS)} "
+            if label is not None and label not in CLASSES:
+                raise InputError(f"{manifest} row {row}: label {label!r} is not one of {', '.join(CLASSES)} "
                                  "or empty")
             split = (_text(split) or "").lower() or None
             if split is not None and split not in SPLITS:

@@ -11,9 +11,11 @@ packages that share a voice (Asterisk en/es) and the two grouped by language
 Reads either corpus: v2 from ``scripts/corpus/build.sh`` (column ``source``;
 codec copies keep the source and group of the clip they were made from, so
 they land in its split) or the first one (column ``source_package``). The
-default model is a music/speech classifier (``msc_core.config.LABELS``), so only
-those two labels are kept; the v2 classes speech_over_music, silence and noise
-are left for the segmentation model of issue 11.
+model's classes (:data:`msc_core.config.CLASSES`) are kept; ``silence`` clips
+are left out (silence is found by energy, not by the model). A speech-over-music
+mix (source ``speech+music``) goes to the held-out split of either of its
+packages, test first: its music bed is then one training never heard, while its
+voice may be one of training's (every mixing voice is a training package).
 """
 
 from __future__ import annotations
@@ -23,21 +25,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from msc_core.config import CLASSES
+
 HELD_OUT = {
-    "val": ["hedgewars-data", "enigma-data", "btanks-data",                 # music, about 40 min
-            "asterisk-core-sounds-ru-wav", "asterisk-prompt-es-co"],          # speech, about 38 min
-    "test": ["wesnoth-1.16-music", "lordsawar-data", "xmoto-data",          # music, about 48 min
-             "asterisk-core-sounds-it-wav", "asterisk-prompt-fr-armelle"],    # speech, about 42 min
+    "val": ["hedgewars-data", "enigma-data", "btanks-data",                        # music, noise
+            "asterisk-core-sounds-ru-wav", "asterisk-prompt-es-co"],            # speech
+    "test": ["wesnoth-1.16-music", "lordsawar-data", "xmoto-data", "lincity-ng-data",  # music, noise
+             "asterisk-core-sounds-it-wav", "asterisk-prompt-fr-armelle"],      # speech
 }
+
+
+def split_of(source: str) -> str:
+    """The split of a clip from ``source`` (``a+b`` for a mix of packages a and b)."""
+    splits = {split for package in source.split("+") for split, held in HELD_OUT.items() if package in held}
+    return next((split for split in ("test", "val") if split in splits), "train")
 
 
 def main(corpus: str, out: str) -> None:
     table = pd.read_csv(Path(corpus) / "manifest.csv")
     if "source_package" not in table.columns:
         table["source_package"] = table["source"]
-    table = table[table["label"].isin(["music", "speech"])].copy()
-    split_of = {package: split for split, packages in HELD_OUT.items() for package in packages}
-    table["split"] = table["source_package"].map(split_of).fillna("train")
+    table = table[table["label"].isin(CLASSES)].copy()
+    table["split"] = table["source_package"].map(split_of)
     table["path"] = [str((Path(corpus) / path).resolve()) for path in table["path"]]
     table[["path", "label", "group", "split"]].to_csv(out, index=False)
     print(table.groupby(["split", "label"])["duration_s"].agg(["count", "sum"]).div([1, 60]).round(1)
