@@ -145,8 +145,9 @@ def test_metrics_agree_with_scikit_learn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
     p_music = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1).round(2).astype(np.float32)  # with ties
-    summary = Evaluation("test", "m", labels, p_music, []).summary()
-    predicted = (p_music > 0.5).astype(int)
+    probs = np.stack([1 - p_music, p_music], axis=1)
+    summary = Evaluation("test", "m", ("speech", "music"), labels, probs, []).summary()
+    predicted = np.argmax(probs, axis=1)
     assert summary["confusion_matrix"]["counts"] == confusion_matrix(labels, predicted).tolist()
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted)
     for index, label in enumerate(("speech", "music")):
@@ -174,7 +175,7 @@ def test_evaluate_shards_writes_every_file(dataset, tmp_path):
                      "history.csv", "training_curves.png"}
     assert summary["windows"] == 12 and json.loads((tmp_path / "eval" / "evaluation.json").read_text()) == summary
     wrong = (tmp_path / "eval" / "misclassified.csv").read_text().splitlines()
-    assert wrong[0] == "path,start_s,true,predicted,p_music"
+    assert wrong[0] == "path,start_s,true,predicted,p_predicted"
     assert len(wrong) - 1 == sum(summary["confusion_matrix"]["counts"][i][1 - i] for i in range(2))
     for row in evaluation.misclassified:
         assert row["path"].startswith("synth/") and row["true"] in row["path"] and row["start_s"] >= 6.0
