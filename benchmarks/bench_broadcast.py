@@ -211,7 +211,8 @@ def run_msc(model, items, hop_s: float | None) -> tuple[dict, dict, float]:
         label = label_features(featurize_file(path, window_config("all", hop_s)), model)
         cpu += cpu_seconds() - started
         after[path] = [(s.start_s, s.end_s, s.label) for s in label.segments]
-        before[path] = before_segments(label.window_start_s, label.window_p_music, label.duration_s)
+        before[path] = before_segments(label.window_start_s, label.window_probs[:, LABELS.index("music")],
+                                       label.duration_s)
     return after, before, cpu
 
 

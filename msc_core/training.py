@@ -239,7 +239,8 @@ def fit_head(model, *, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarr
 
     The convolutions stay frozen; the head keeps the paper's shape (dropout .4,
     two ReLU dense layers with dropout .5, a softmax, now over ``len(classes)``),
-    its hidden layers start from ``model``'s, and it learns from the pooled
+    its hidden layers start from ``model``'s, and so do the softmax weights of
+    the classes ``model`` knows (the others start at random). It learns from the pooled
     features of :func:`pooled_features` with Adam, balanced class weights (when
     ``settings.balance_classes``) and early stopping on the validation loss
     (``settings.early_stopping_patience`` epochs; the best epoch's weights are kept).
@@ -274,6 +275,11 @@ def fit_head(model, *, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarr
     full = build_model(model.config, widths=widths, dense=dense, outputs=len(classes), seed=settings.seed)
     for new, old in zip(full.get_layer("cnn").layers[:-1], base.get_layer("cnn").layers[:-1]):  # all but the softmax
         new.set_weights(old.get_weights())
+    (kernel, bias), (old_kernel, old_bias) = head(full)[-1].get_weights(), head(base)[-1].get_weights()
+    for column, name in enumerate(model.labels):
+        if name in classes:
+            kernel[:, classes.index(name)], bias[classes.index(name)] = old_kernel[:, column], old_bias[column]
+    head(full)[-1].set_weights([kernel, bias])
     layers = head(full)
     learner = keras.Sequential([keras.Input((widths[-1],)), *layers])
     counts = np.bincount(train[1], minlength=len(classes))

@@ -149,3 +149,30 @@ def test_predictions_give_the_seconds_of_each_segment_label():
     assert rows[0]["speech_s"] + rows[0]["music_s"] == pytest.approx(12.0) and rows[0]["silence_s"] == 0.0
     assert rows[0]["speech_s"] == pytest.approx(label.segments[0].end_s)
     assert rows[1] == {"speech_s": None, "music_s": None, "silence_s": None}
+
+
+def test_class_probs_spreads_a_models_classes_and_gives_the_binary_view():
+    probs = np.array([[0.1, 0.2, 0.6, 0.1], [0.0, 0.0, 0.0, 1.0]])
+    classes = ("speech", "music", "speech_over_music", "noise")
+    np.testing.assert_array_equal(class_probs(probs, classes), probs)
+    binary = class_probs(probs, classes, view="binary")
+    np.testing.assert_allclose(binary, [[0.7 / 0.9, 0.2 / 0.9, 0, 0], [0.5, 0.5, 0, 0]])
+    np.testing.assert_allclose(class_probs(np.array([[0.3, 0.7]]), ("speech", "music")), [[0.3, 0.7, 0, 0]])
+    np.testing.assert_allclose(class_probs(np.array([[0.2, 0.8]]), ("speech", "noise"), view="binary"),
+                               [[1, 0, 0, 0]])
+
+
+def test_speech_over_music_and_noise_get_segments_seconds_and_fractions():
+    probs = np.repeat(np.eye(4)[[2, 3, 1]], 4, axis=0) * 0.9 + 0.025   # 4 windows each: over music, noise, music
+    start = np.arange(12) * 5.0
+    label = aggregate("show.wav", start_s=start, end_s=start + 5, duration_s=60.0, probs=probs, model_id="m",
+                      feature_hash="h")
+    assert [s.label for s in label.segments] == ["speech_over_music", "noise", "music"]
+    assert [s.end_s for s in label.segments[:2]] == pytest.approx([20.0, 40.0], abs=0.05)
+    assert label.label == "music"   # a tie of seconds goes to the first class in CLASSES order
+    row = label.row()
+    assert row["speech_over_music_s"] == pytest.approx(20, abs=0.05) and row["noise_s"] == pytest.approx(20, abs=0.05)
+    assert row["noise_fraction"] == row["music_fraction"] == pytest.approx(1 / 3) and row["speech_fraction"] == 0
+    assert row["p_noise"] == pytest.approx(0.925 / 3 + 0.025 * 2 / 3)
+    _, windows, _ = label_tables([label])
+    np.testing.assert_allclose(windows["p_speech_over_music"].to_numpy()[:4], 0.925)
