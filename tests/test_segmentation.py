@@ -108,7 +108,8 @@ def test_featurize_file_carries_cues_over_all_the_audio(tmp_path):
 def test_default_model_gives_sub_second_boundaries_and_silence():
     music, speech = synth.music_like(25, sample_rate=RATE, seed=4), synth.speech_like(25, sample_rate=RATE, seed=5)
     signal = np.concatenate([music, np.zeros(3 * RATE, np.float32), speech, music[:15 * RATE]])
-    label = label_array(signal, RATE, load_model())
+    # the binary view: the default model, trained on recordings, may call synthetic speech-like sound noise
+    label = label_array(signal, RATE, load_model(), view="binary")
     assert [s.label for s in label.segments] == ["music", "silence", "speech", "music"]
     edges = [s.end_s for s in label.segments[:-1]]
     np.testing.assert_allclose(edges, [25.0, 28.0, 53.0], atol=0.25)
