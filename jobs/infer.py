@@ -508,8 +508,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         init_ray(address, num_cpus=num_cpus)
         try:
             for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
-                                                model_dir=model_dir, model_id=model_id, batch_size=batch_size, view=view,
-                                                num_gpus=num_gpus, isolate=isolate):
+                                                model_dir=model_dir, model_id=model_id, batch_size=batch_size,
+                                                view=view, num_gpus=num_gpus, isolate=isolate):
                 run.done(pending.pop(chunk_id), parts=parts)
         except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block
             if is_disk_full(error):

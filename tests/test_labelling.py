@@ -9,8 +9,8 @@ from msc_core import synth
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
 from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, class_probs, dominant_label,
-                                featurize_file, format_label, label_array, label_dict, label_file, label_tables, load_model,
-                                segments_of, window_config)
+                                featurize_file, format_label, label_array, label_dict, label_file, label_tables,
+                                load_model, segments_of, window_config)
 from msc_core.model import MscModel, build_model
 from tests.conftest import write_audio
 
