@@ -1,36 +1,34 @@
-"""Broadcast segmentation: msc before/after (and inaSpeechSegmenter) on deterministic programmes, one run.
+"""Broadcast segmentation: msc and inaSpeechSegmenter on deterministic programmes of held-out recordings, one run.
 
 Run from the repository root::
 
-    python benchmarks/bench_broadcast.py [--programmes 3] [--minutes 8] [--dir /tmp/msc-broadcast]
-                                         [--model DIR] [--ina PYTHON]
+    python benchmarks/bench_broadcast.py CORPUS_DIR SPLIT_MANIFEST.csv [--programmes 3] [--minutes 8]
+        [--dir /tmp/msc-broadcast] [--model DIR] [--ina .peers/ina/bin/python] [--hops 5,1]
 
-**Programmes.** Each is built from :mod:`msc_core.synth` with its own seed
-(the project's recorded corpus is not used: it is rebuilt on demand and may
-be absent): blocks of music (15-60 s) and speech (15-60 s) at levels from -2
-to -14 dB, joined by hard cuts or 1-3 s crossfades (the true boundary is the
-middle of the fade), with silences of 1-4 s (digital zero or noise at
--75 dBFS) between some blocks. The WAV files and their ground truth are cached
-in ``--dir``. There is no speech over music and no noise class: the current
-model is binary.
+**Programmes** are built from the corpus of ``scripts/corpus/build.sh`` and only
+from its clips of the ``test`` split of ``scripts/corpus_split_manifest.py``:
+whole source packages no msc model was trained or tuned on (never from the
+sources of ../shared/data/EXCLUDED_SOURCES.md, which the corpus recipe refuses).
+Each programme (its own seed) chains blocks of music (15-60 s), speech (15-60 s),
+speech over music (15-45 s: a speech clip with a held-out music clip under it,
+the bed 3-20 dB below the speech, RMS) and noise (5-20 s), each block made of
+clips of its class laid end to end and set to -14 to -26 dBFS RMS; blocks are
+joined by hard cuts or 1-3 s crossfades (the true boundary is the middle of the
+fade), with silences of 1-4 s (digital zero or noise at -75 dBFS) between some.
+The WAV files and their ground truth are cached in ``--dir``.
 
-**Methods**, all on the same window probabilities of the same model:
+**Methods**: msc's :func:`msc_core.labelling.label_file` with the default (or
+``--model``) model at each window hop of ``--hops`` (5: back to back; 1: 0.9985 s),
+and inaSpeechSegmenter 0.6.8 (``sm`` engine, its own venv, ../shared/peers/README.md)
+when ``--ina`` is given (its ``noEnergy`` is silence).
 
-* ``before``: main's rule before issue 14: each window covers its start to the
-  next start, argmax, equal neighbours merged (5-s windows back to back, and ``--hop 1``);
-* ``after``: :func:`msc_core.labelling.label_file` (window centres, silence by
-  energy, Viterbi with minimum durations, boundary refinement), with 5-s windows
-  back to back (the default) and with ``hop_s=1`` (43 STFT frames, 0.9985 s);
-* ``ina``: inaSpeechSegmenter 0.6.8 (``sm`` engine) in its own venv
-  (``--ina .peers/ina/bin/python``; ../shared/peers/README.md), when given.
+**Scores** (frames of 10 ms; silence runs under 0.5 s in an estimate take the
+label before them, so that pauses inside speech are not counted as boundaries):
 
-**Scores** (frames of 10 ms; silence runs under 0.5 s in an estimate are
-given to the label before them, as msc does, so that pauses inside speech
-are not counted as boundaries):
-
-* music/speech accuracy: over frames whose truth is speech or music;
-* 3-class accuracy: speech, music, silence over all frames;
-* silence recall and precision (frames);
+* music/speech accuracy: frames whose truth is speech or music, speech over music said counting as speech;
+* 3-class accuracy: frames whose truth is speech, music or speech over music, each named exactly;
+* 5-class accuracy: every frame, each label named exactly;
+* silence and noise recall (frames);
 * boundary precision/recall/F at +-0.5 s and +-2 s: every change of label,
   one-to-one matching (``mir_eval.segment.detection``, first and last edges trimmed);
 * audio-seconds per CPU-second: CPU of the whole process tree (this process
@@ -48,35 +46,68 @@ import argparse
 import json
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mir_eval
 import numpy as np
+import pandas as pd
 import soundfile as sf
 
-from msc_core import depth, synth
-from msc_core.audio import read_windows
-from msc_core.config import LABELS
-from msc_core.labelling import label_features, featurize_file, load_model, window_config
-from msc_core.segmentation import FRAME_S
+from msc_core import depth
+from msc_core.audio import load_audio, read_windows
+from msc_core.labelling import featurize_file, label_features, load_model, window_config
+from msc_core.segmentation import FRAME_S, SEGMENT_LABELS
 
 RATE = 22050
-VERSION = 1
-LABEL_CODES = {"speech": 0, "music": 1, "silence": 2}
+VERSION = 2
+CODES = {label: code for code, label in enumerate(SEGMENT_LABELS)}
+BLOCK_S = {"music": (15, 60), "speech": (15, 60), "speech_over_music": (15, 45), "noise": (5, 20)}
 INA_SCRIPT = """
 import json, sys
 from inaSpeechSegmenter import Segmenter
 seg = Segmenter(vad_engine="sm", detect_gender=False)
-names = {"speech": "speech", "music": "music", "noEnergy": "silence", "noise": "noise"}
+names = {"noEnergy": "silence"}
 print(json.dumps({path: [(names.get(label, label), start, end) for label, start, end in seg(path)]
                   for path in sys.argv[1:]}))
 """
 
 
 # ---------------------------------------------------------------------------------------- programmes
-def build_programme(seed: int, minutes: float) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+def held_out_clips(corpus: Path, split_manifest: Path) -> dict[str, list[str]]:
+    """The test-split clips of music, speech and noise, by class (sorted paths)."""
+    table = pd.read_csv(split_manifest)
+    table = table[(table["split"] == "test") & table["label"].isin(["music", "speech", "noise"])]
+    return {label: sorted(group["path"]) for label, group in table.groupby("label")}
+
+
+def rms_db(samples: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(samples, dtype=np.float64)) + 1e-12))
+
+
+def filled(clips: list[str], seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Clips of one class drawn at random and laid end to end to ``seconds`` (mono, RATE)."""
+    parts, total = [], 0
+    while total < seconds * RATE:
+        samples = load_audio(clips[int(rng.integers(len(clips)))], sample_rate=RATE)
+        parts.append(samples)
+        total += len(samples)
+    return np.concatenate(parts)[:int(seconds * RATE)]
+
+
+def block(kind: str, clips: dict[str, list[str]], rng: np.random.Generator) -> np.ndarray:
+    """One block of ``kind``, set to -14 to -26 dBFS RMS."""
+    seconds = rng.uniform(*BLOCK_S[kind])
+    if kind == "speech_over_music":
+        speech, music = filled(clips["speech"], seconds, rng), filled(clips["music"], seconds, rng)
+        bed_db = rms_db(speech) - rng.uniform(3, 20)
+        samples = speech + music * 10 ** ((bed_db - rms_db(music)) / 20)
+    else:
+        samples = filled(clips[kind], seconds, rng)
+    return (samples * 10 ** ((rng.uniform(-26, -14) - rms_db(samples)) / 20)).astype(np.float32)
+
+
+def build_programme(seed: int, minutes: float, clips: dict[str, list[str]]) -> tuple[np.ndarray, list]:
     """A deterministic programme and its true segments ``(start_s, end_s, label)``."""
     rng = np.random.default_rng(seed)
     total = int(minutes * 60 * RATE)
@@ -84,33 +115,30 @@ def build_programme(seed: int, minutes: float) -> tuple[np.ndarray, list[tuple[f
     truth: list[list] = []
     position, previous = 0, None
     while position < total:
-        if previous in ("speech", "music") and rng.random() < 0.25:
+        if previous not in (None, "silence") and rng.random() < 0.25:
             length = int(rng.uniform(1, 4) * RATE)
             if rng.random() < 0.5:
                 out[position:position + length] = (10 ** (-75 / 20) * rng.standard_normal(length)).astype(np.float32)
             truth.append([position, position + length, "silence"])
-            position += length
-            previous = "silence"
+            position, previous = position + length, "silence"
             continue
-        kind = "speech" if previous == "music" else "music" if previous == "speech" else rng.choice(["speech", "music"])
-        length = int(rng.uniform(15, 60) * RATE)
-        make = synth.speech_like if kind == "speech" else synth.music_like
-        block = make(length / RATE, sample_rate=RATE, seed=int(rng.integers(1 << 31))) * 10 ** (rng.uniform(-14, -2) / 20)
-        fade = int(rng.uniform(1, 3) * RATE) if previous in ("speech", "music") and rng.random() < 0.4 else 0
+        kind = str(rng.choice([k for k in BLOCK_S if k != previous]))
+        samples = block(kind, clips, rng)
+        fade = int(rng.uniform(1, 3) * RATE) if previous not in (None, "silence") and rng.random() < 0.4 else 0
         start = position - fade
         if fade:
             ramp = np.linspace(0, 1, fade, dtype=np.float32)
             out[start:position] *= 1 - ramp
-            block[:fade] *= ramp
+            samples[:fade] *= ramp
             truth[-1][1] = start + fade // 2
-        out[start:start + length] += block
-        truth.append([start + fade // 2, start + length, kind])
-        position, previous = start + length, kind
+        out[start:start + len(samples)] += samples
+        truth.append([start + fade // 2, start + len(samples), kind])
+        position, previous = start + len(samples), kind
     truth[-1][1] = position
     return out[:position], [(a / RATE, b / RATE, label) for a, b, label in truth]
 
 
-def programmes(directory: Path, count: int, minutes: float) -> list[tuple[Path, list]]:
+def programmes(directory: Path, count: int, minutes: float, clips: dict[str, list[str]]) -> list[tuple[Path, list]]:
     """The programmes' WAV paths and truths, built once and cached in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     result = []
@@ -118,7 +146,7 @@ def programmes(directory: Path, count: int, minutes: float) -> list[tuple[Path, 
         stem = directory / f"programme-v{VERSION}-{index}-{minutes:g}min"
         wav, truth_path = stem.with_suffix(".wav"), stem.with_suffix(".json")
         if not truth_path.exists():
-            samples, truth = build_programme(1000 + index, minutes)
+            samples, truth = build_programme(1000 + index, minutes, clips)
             sf.write(wav, samples, RATE, subtype="FLOAT")
             truth_path.write_text(json.dumps(truth))
         result.append((wav, [tuple(segment) for segment in json.loads(truth_path.read_text())]))
@@ -127,11 +155,10 @@ def programmes(directory: Path, count: int, minutes: float) -> list[tuple[Path, 
 
 # ---------------------------------------------------------------------------------------- scoring
 def frames_of(segments, duration_s: float) -> np.ndarray:
-    """Label code of every 10-ms frame (-1 where no segment, 3 for any other label)."""
-    frames = int(round(duration_s / FRAME_S))
-    out = np.full(frames, -1, np.int8)
+    """Label code (:data:`CODES`) of every 10-ms frame (-1 where no segment)."""
+    out = np.full(int(round(duration_s / FRAME_S)), -1, np.int8)
     for start, end, label in segments:
-        out[int(round(start / FRAME_S)):int(round(end / FRAME_S))] = LABEL_CODES.get(label, 3)
+        out[int(round(start / FRAME_S)):int(round(end / FRAME_S))] = CODES[label]
     return out
 
 
@@ -139,9 +166,8 @@ def absorb_pauses(frames: np.ndarray, shortest_s: float = 0.5) -> np.ndarray:
     """Silence runs shorter than ``shortest_s`` take the label before them."""
     out = frames.copy()
     change = np.flatnonzero(np.diff(out)) + 1
-    starts, stops = np.concatenate([[0], change]), np.concatenate([change, [len(out)]])
-    for start, stop in zip(starts, stops):
-        if out[start] == LABEL_CODES["silence"] and stop - start < shortest_s / FRAME_S and start > 0:
+    for start, stop in zip(np.concatenate([[0], change]), np.concatenate([change, [len(out)]])):
+        if out[start] == CODES["silence"] and stop - start < shortest_s / FRAME_S and start > 0:
             out[start:stop] = out[start - 1]
     return out
 
@@ -154,16 +180,18 @@ def intervals(frames: np.ndarray) -> np.ndarray:
 
 
 def score(truth, estimate, duration_s: float) -> dict:
-    """The scores of one estimate against the truth (module docstring)."""
+    """Frame and boundary counts of one estimate against the truth (module docstring)."""
     reference = frames_of(truth, duration_s)
     guess = absorb_pauses(frames_of(estimate, duration_s))
-    content = reference <= LABEL_CODES["music"]
-    silence = LABEL_CODES["silence"]
-    result = {"frames": len(reference), "ms_correct": int(np.sum(guess[content] == reference[content])),
-              "ms_frames": int(content.sum()), "all_correct": int(np.sum(guess == reference)),
-              "silence_true": int(np.sum(reference == silence)),
-              "silence_hit": int(np.sum((reference == silence) & (guess == silence))),
-              "silence_said": int(np.sum(guess == silence))}
+    folded = np.where(guess == CODES["speech_over_music"], CODES["speech"], guess)
+    two = np.isin(reference, [CODES["speech"], CODES["music"]])
+    three = two | (reference == CODES["speech_over_music"])
+    result = {"frames": len(reference), "two": int(two.sum()), "two_right": int(np.sum(folded[two] == reference[two])),
+              "three": int(three.sum()), "three_right": int(np.sum(guess[three] == reference[three])),
+              "five_right": int(np.sum(guess == reference))}
+    for label in ("silence", "noise"):
+        result[f"{label}_true"] = int(np.sum(reference == CODES[label]))
+        result[f"{label}_hit"] = int(np.sum((reference == CODES[label]) & (guess == CODES[label])))
     ref_intervals, est_intervals = intervals(reference), intervals(guess)
     for window in (0.5, 2.0):
         _, recall, _ = mir_eval.segment.detection(ref_intervals, est_intervals, window=window, trim=True)
@@ -174,27 +202,17 @@ def score(truth, estimate, duration_s: float) -> dict:
 
 def summary(scores: list[dict]) -> dict:
     """Scores pooled over programmes (frame counts and boundary matches summed)."""
-    total = {key: sum(s[key] for s in scores) for key in ("frames", "ms_correct", "ms_frames", "all_correct",
-                                                          "silence_true", "silence_hit", "silence_said",
-                                                          "boundaries_true", "boundaries_said")}
-    out = {"music/speech acc": total["ms_correct"] / total["ms_frames"],
-           "3-class acc": total["all_correct"] / total["frames"],
+    total = {key: sum(s[key] for s in scores) for key in scores[0]}
+    out = {"music/speech acc": total["two_right"] / total["two"], "3-class acc": total["three_right"] / total["three"],
+           "5-class acc": total["five_right"] / total["frames"],
            "silence recall": total["silence_hit"] / max(total["silence_true"], 1),
-           "silence precision": total["silence_hit"] / max(total["silence_said"], 1)}
+           "noise recall": total["noise_hit"] / max(total["noise_true"], 1)}
     for window in (0.5, 2.0):
-        hits = sum(s[f"hits_{window}"] for s in scores)
-        precision = hits / max(total["boundaries_said"], 1)
-        recall = hits / max(total["boundaries_true"], 1)
-        out[f"P@{window:g}"], out[f"R@{window:g}"] = precision, recall
+        precision = total[f"hits_{window}"] / max(total["boundaries_said"], 1)
+        recall = total[f"hits_{window}"] / max(total["boundaries_true"], 1)
         out[f"F@{window:g}"] = 2 * precision * recall / max(precision + recall, 1e-12)
+        out[f"P@{window:g}"], out[f"R@{window:g}"] = precision, recall
     return out
-
-
-def before_segments(start_s: np.ndarray, p_music: np.ndarray, duration_s: float) -> list:
-    """main's rule before issue 14: window i covers [start_i, start_{i+1}), argmax, equal neighbours merged."""
-    edges = np.append(start_s, duration_s)
-    labels = [LABELS[int(p > 0.5)] for p in p_music]
-    return [(edges[i], edges[i + 1], labels[i]) for i in range(len(labels))]
 
 
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
@@ -203,16 +221,13 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def run_msc(model, items, hop_s: float | None) -> tuple[dict, dict, float]:
-    """After and before estimates of every programme with one window hop, and the CPU seconds of labelling."""
-    after, before, cpu = {}, {}, 0.0
+def run_msc(model, items, hop_s: float) -> tuple[dict, float]:
+    """msc's segments of every programme at one window hop, and the CPU seconds of labelling."""
+    segments, started = {}, cpu_seconds()
     for path, _ in items:
-        started = cpu_seconds()
         label = label_features(featurize_file(path, window_config("all", hop_s)), model)
-        cpu += cpu_seconds() - started
-        after[path] = [(s.start_s, s.end_s, s.label) for s in label.segments]
-        before[path] = before_segments(label.window_start_s, label.window_p_music, label.duration_s)
-    return after, before, cpu
+        segments[path] = [(s.start_s, s.end_s, s.label) for s in label.segments]
+    return segments, cpu_seconds() - started
 
 
 def run_ina(python: str, items) -> tuple[dict, float]:
@@ -246,6 +261,8 @@ def featurize_ratio(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("corpus", type=Path, help="corpus folder (scripts/corpus/build.sh)")
+    parser.add_argument("split_manifest", type=Path, help="scripts/corpus_split_manifest.py's output")
     parser.add_argument("--programmes", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/msc-broadcast"))
@@ -255,31 +272,29 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.time()
-    items = programmes(args.dir, args.programmes, args.minutes)
-    audio_s = sum(sf.info(path).duration for path, _ in items)
+    items = programmes(args.dir, args.programmes, args.minutes, held_out_clips(args.corpus, args.split_manifest))
+    durations = {path: sf.info(path).duration for path, _ in items}
+    audio_s = sum(durations.values())
     print(f"{len(items)} programmes, {audio_s / 60:.1f} min, "
           f"{sum(len(truth) - 1 for _, truth in items)} true boundaries (built in {time.time() - started:.0f} s)")
     print(featurize_ratio(items[0][0]))
-
     model = load_model(args.model)
     label_features(featurize_file(items[0][0], window_config("all", 1.0)), model)  # warm-up: TF, numba, caches
     estimates, cpu = {}, {}
     for hop in args.hops.split(","):
-        name = "5-s windows" if float(hop) == 5 else f"hop {hop} s"
-        after, before, cpu[f"after, {name}"] = run_msc(model, items, float(hop))
-        estimates[f"before, {name}"], estimates[f"after, {name}"] = before, after
+        name = f"msc, {'5-s windows' if float(hop) == 5 else f'hop {hop} s'}"
+        estimates[name], cpu[name] = run_msc(model, items, float(hop))
     if args.ina:
         estimates["inaSpeechSegmenter sm"], cpu["inaSpeechSegmenter sm"] = run_ina(args.ina, items)
 
-    columns = ("music/speech acc", "3-class acc", "silence recall", "silence precision", "P@0.5", "R@0.5", "F@0.5",
-               "P@2", "R@2", "F@2")
-    print(f"\n{'method':<24}" + "".join(f"{name:>18}" for name in columns) + f"{'audio-s/CPU-s':>16}")
+    columns = ("music/speech acc", "3-class acc", "5-class acc", "silence recall", "noise recall", "F@0.5", "F@2")
+    print("\n| method | " + " | ".join(columns) + " | audio-s per CPU-s |")
+    print("|---|" + "---:|" * (len(columns) + 1))
     for method, by_path in estimates.items():
-        durations = {path: sf.info(path).duration for path, _ in items}
         pooled = summary([score(truth, by_path[path], durations[path]) for path, truth in items])
-        speed = f"{audio_s / cpu[method]:16.1f}" if method in cpu else f"{'-':>16}"
-        print(f"{method:<24}" + "".join(f"{pooled[name]:18.3f}" for name in columns) + speed)
-    print(f"\n('before' rows reuse the windows of the 'after' row with the same hop; total {time.time() - started:.0f} s)")
+        print(f"| {method} | " + " | ".join(f"{pooled[name]:.3f}" for name in columns)
+              + f" | {audio_s / cpu[method]:.1f} |")
+    print(f"\n(total {time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

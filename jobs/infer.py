@@ -60,7 +60,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jobs.console import NORMAL, level, progress, summary
-from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
+from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, window_config
 from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
 
 log = logging.getLogger("msc.infer")
@@ -83,6 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="msc model directory (default: the model bundled with msc)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (local path or URI)")
     add_window_arguments(parser)
+    add_view_argument(parser)
     add_limit_arguments(parser)
     parser.add_argument("--format", default="parquet,csv", metavar="FMT",
                         help="final file formats, comma-separated from parquet,csv (default both)")
@@ -213,23 +214,28 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
 class LabelWindows:
     """The model stage: loads the model once per actor and predicts every ok window of a batch.
 
-    Replaces ``codes`` with ``p_speech`` and ``p_music`` (float32; NaN on error rows).
+    Replaces ``codes`` with ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`;
+    NaN on error rows).
     """
 
-    def __init__(self, model_dir: str | None, batch_size: int):
+    def __init__(self, model_dir: str | None, batch_size: int, view: str):
         from msc_core.labelling import load_model
 
         self.model = load_model(model_dir)
-        self.batch_size = batch_size
+        self.batch_size, self.view = batch_size, view
 
     def __call__(self, batch: dict) -> dict:
+        from msc_core.config import CLASSES
+        from msc_core.labelling import class_probs
+
         ok = batch["error"] == ""
-        probs = np.full((len(ok), 2), np.nan, np.float32)
+        probs = np.full((len(ok), len(CLASSES)), np.nan)
         if ok.any():
-            probs[ok] = self.model.predict_codes(np.asarray(batch["codes"][ok], np.uint8),
-                                                 batch_size=self.batch_size)
+            probs[ok] = class_probs(self.model.predict_codes(np.asarray(batch["codes"][ok], np.uint8),
+                                                             batch_size=self.batch_size),
+                                    self.model.labels, view=self.view)
         out = {name: values for name, values in batch.items() if name != "codes"}
-        out["p_speech"], out["p_music"] = probs[:, 0], probs[:, 1]
+        out.update({f"p_{name}": probs[:, column] for column, name in enumerate(CLASSES)})
         return out
 
 
@@ -278,13 +284,14 @@ class WriteChunks:
 
     def _write(self, chunk_id: str, rows) -> tuple[int, int, list[tuple[str, int]]]:
         """Aggregate one complete chunk per file and write its parts; returns (files, errors, [(part, bytes)])."""
+        from msc_core.config import CLASSES
         from msc_core.labelling import FileLabel, aggregate, label_tables
         from msc_core.segmentation import FrameCues
         from msc_core.shards import write_atomic
 
+        probs = [f"p_{name}" for name in CLASSES]
         columns = {name: rows[name].to_numpy(zero_copy_only=False) for name in
-                   ("file", "path", "start_s", "end_s", "duration_s", "truncated_at_s", "error", "p_speech", "p_music",
-                    "cues")}
+                   ("file", "path", "start_s", "end_s", "duration_s", "truncated_at_s", "error", "cues", *probs)}
         order = np.lexsort((columns["start_s"], columns["file"]))
         columns = {name: values[order] for name, values in columns.items()}
         labels = []
@@ -301,7 +308,7 @@ class WriteChunks:
                 path, start_s=columns["start_s"][run], end_s=columns["end_s"][run],
                 duration_s=float(columns["duration_s"][first]),
                 truncated_at_s=None if np.isnan(truncated_at_s) else truncated_at_s,
-                probs=np.stack([columns["p_speech"][run], columns["p_music"][run]], axis=1),
+                probs=np.stack([columns[name][run] for name in probs], axis=1),
                 model_id=self.model_id, feature_hash=self.feature_hash, cues=cues))
         tables = dict(zip(("predictions", "windows", "segments"), label_tables(labels)))
         parts = [(part_name(kind, chunk_id), write_atomic(tables[kind], f"{self.root}/{part_name(kind, chunk_id)}",
@@ -315,10 +322,12 @@ def part_name(kind: str, chunk_id: str) -> str:
     return f"parts/{kind}/{chunk_id}.parquet"
 
 
-def settings_of(*, model_id: str, config, max_windows: int) -> str:
-    """What every result depends on beside its file: the model, the features, the window policy, ``--max-windows``."""
+def settings_of(*, model_id: str, config, max_windows: int, view: str) -> str:
+    """What every result depends on beside its file: the model, the features, the window policy,
+    ``--max-windows`` and ``--labels``."""
     return json.dumps({"model_id": model_id, "feature_hash": config.hash, "window": config.window.mode,
-                       "hop_seconds": config.window.hop_seconds, "max_windows": max_windows}, sort_keys=True)
+                       "hop_seconds": config.window.hop_seconds, "max_windows": max_windows, "view": view},
+                      sort_keys=True)
 
 
 def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[str], run_summary) -> None:
@@ -374,7 +383,7 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
 
 # ---------------------------------------------------------------------------------------- run
 def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str, model_id: str, batch_size: int,
-                 num_gpus: float, isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+                 view: str, num_gpus: float, isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
     """Run the pipeline once over ``pending`` chunks (:class:`msc_core.engine.Chunk`) on the connected cluster.
 
     Yields ``(chunk id, [(part, bytes), ...])`` as each chunk's parts are
@@ -394,7 +403,7 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
                      fn_kwargs={"config": config, "limits": limits, "isolate": isolate})
         .map_batches(LabelWindows, batch_size=None, compute=ray.data.ActorPoolStrategy(size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size})
+                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size, "view": view})
         .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
                      compute=ray.data.ActorPoolStrategy(size=1),
                      fn_constructor_kwargs={"out_dir": out, "model_id": model_id, "feature_hash": config.hash})
@@ -410,7 +419,8 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
 
 
 def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
-                  hop_s: float | None = None, limits=None, formats: Sequence[str] = ("parquet", "csv"),
+                  hop_s: float | None = None, view: str = "all", limits=None,
+                  formats: Sequence[str] = ("parquet", "csv"),
                   batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
                   address: str | None = None, num_cpus: int | None = None,
                   arguments: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -426,6 +436,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         Model directory (None: the bundled model).
     window, hop_s
         Window policy (:func:`msc_core.labelling.window_config`).
+    view : {"all", "binary"}
+        Every content class, or the paper's speech/music view (:func:`msc_core.labelling.class_probs`).
     limits : DecodeLimits or None
     formats : sequence of {"parquet", "csv"}
         Final file formats (``windows`` is Parquet only).
@@ -468,6 +480,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
 
     if not formats or set(formats) - {"parquet", "csv"}:
         raise InputError(f"formats are parquet and/or csv, not {','.join(formats)!r}")
+    if view not in ("all", "binary"):
+        raise InputError(f"labels are 'all' or 'binary', not {view!r}")
     if chunk_files < 1 or batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
     require_output_dir(out)
@@ -482,7 +496,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     filesystem, root = resolve_filesystem(out)
     root = root.rstrip("/")
     run = Run(out, listing=listing, settings=settings_of(model_id=model_id, config=config,
-                                                         max_windows=limits.max_windows),
+                                                         max_windows=limits.max_windows, view=view),
               files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
               every_chunks=COMMIT_EVERY_CHUNKS, verify=True)  # parts are small: read each in full
     log.info("%d chunks already labelled, %d to do", len(run.plan.kept), len(run.plan.chunks))
@@ -495,7 +509,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         try:
             for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
                                                 model_dir=model_dir, model_id=model_id, batch_size=batch_size,
-                                                num_gpus=num_gpus, isolate=isolate):
+                                                view=view, num_gpus=num_gpus, isolate=isolate):
                 run.done(pending.pop(chunk_id), parts=parts)
         except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block
             if is_disk_full(error):
@@ -524,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.report import arguments_of
 
     result = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
-                           limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
+                           view=args.view, limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
                            num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
                            address=args.address, num_cpus=args.num_cpus, arguments=arguments_of(args))
     line, *details = result["console"]

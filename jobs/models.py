@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,11 +64,10 @@ def calibrate_model(args: argparse.Namespace) -> int:
         raise ParameterError("give SHARDS to fit on, or --temperature")
     raw = load_model(args.model_dir).uncalibrated()
     held_out = evaluate_shards(raw, list_shards(args.shards), split=args.split)
-    temperature = fit_temperature(held_out.labels, held_out.p_music)
-    probs = np.stack([1.0 - held_out.p_music, held_out.p_music], axis=-1)
-    scaled = apply_temperature(probs, temperature)[:, 1]
-    before = {"log_loss": log_loss(held_out.labels, held_out.p_music),
-              "ece": expected_calibration_error(held_out.labels, held_out.p_music)}
+    temperature = fit_temperature(held_out.labels, held_out.probs)
+    scaled = apply_temperature(held_out.probs, temperature)
+    before = {"log_loss": log_loss(held_out.labels, held_out.probs),
+              "ece": expected_calibration_error(held_out.labels, held_out.probs)}
     after = {"log_loss": log_loss(held_out.labels, scaled), "ece": expected_calibration_error(held_out.labels, scaled)}
     set_temperature(args.model_dir, temperature=temperature,
                     fitted_on={"shards": str(args.shards), "split": args.split, "windows": int(len(scaled)),

@@ -13,6 +13,14 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between window starts with --window all (default 5, back to back)")
 
 
+def add_view_argument(parser: argparse.ArgumentParser) -> None:
+    """``--labels all|binary``: every content class, or the paper's speech/music view."""
+    parser.add_argument("--labels", dest="view", choices=("all", "binary"), default="all",
+                        help="all: speech, music, speech_over_music, noise and silence (default); binary: the "
+                             "paper's speech/music view (speech over music counts as speech, noise is left out), "
+                             "with silence")
+
+
 def window_config(args: argparse.Namespace):
     """The paper's :class:`~msc_core.config.FeatureConfig` with the window policy ``args`` ask for.
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from jobs.options import add_limit_arguments, add_window_arguments, decode_limits, window_config
+from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, window_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``msc predict``."""
     parser = subparsers.add_parser(
         "predict", help="label a few files locally (no Ray), with segments",
-        description="Label audio files in this process: label, confidence and music/speech segments.")
+        description="Label audio files in this process: label, confidence and segments (speech, music, "
+                    "speech over music, noise, silence).")
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (paths or fsspec URIs)")
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="msc model directory (default: the model bundled with msc)")
     add_window_arguments(parser)
+    add_view_argument(parser)
     add_limit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     labels = []
     for path in args.files:  # the jobs' per-file step, so that a file fails here as it fails in msc infer
         result = process_file(path, config, limits=limits, child=child)
-        labels.append(label_features(result.features, model) if result.features is not None else
+        labels.append(label_features(result.features, model, view=args.view) if result.features is not None else
                       FileLabel.failed(path, result.message, model_id=model.model_id, feature_hash=model.config.hash))
     if args.json:
         print(json.dumps([label_dict(label) for label in labels], indent=1))

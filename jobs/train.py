@@ -92,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failures", type=int, default=3,
                         help="worker failures to recover from by restarting from the last checkpoint (default 3)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--head-from", default=None, metavar="MODEL_DIR",
+                        help="keep this model's convolutions and learn only a new dense head for the shards' classes "
+                             "(minutes on a CPU instead of hours; --widths, --workers and --resume do not apply)")
     add_ray_arguments(parser)
 
 
@@ -141,7 +144,6 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     from pyarrow.fs import FileType
     from ray.train.tensorflow import TensorflowTrainer
 
-    from msc_core.config import LABELS
     from msc_core.evaluation import evaluate_shards, write_history
     from msc_core.model import METADATA_FILE, build_model, save_model_dir
     from msc_core.shards import list_shards, resolve_filesystem
@@ -175,14 +177,15 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
                              f"{'early stopping' if split == 'val' else 'the evaluation'})")
     parts = plan.assign(workers)
     steps = plan.steps_per_epoch(parts, settings.batch_size)
-    class_weights = plan.class_weights() if settings.balance_classes else np.ones(len(LABELS), np.float32)
+    classes = plan.classes()
+    class_weights = plan.class_weights() if settings.balance_classes else np.ones(len(classes), np.float32)
     log.info("training on %d files, %s train windows per class, %d steps per epoch on each of %d workers",
              len(paths), plan.totals("train").tolist(), steps, workers)
     epochs_done = ray.util.queue.Queue()  # rank 0 puts each epoch's metrics; the driver shows them
     trainer = TensorflowTrainer(
         _worker_loop,
         train_loop_config={"config": plan.config, "settings": settings, "parts": parts, "steps": steps,
-                           "class_weights": class_weights, "on_epoch_end": on_epoch_end,
+                           "classes": classes, "class_weights": class_weights, "on_epoch_end": on_epoch_end,
                            "epochs_done": epochs_done},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker(workers)}),
@@ -201,11 +204,12 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         epochs_done.shutdown()
     with result.checkpoint.as_directory() as directory:
         final = Checkpoint.load(directory)
-    model = build_model(plan.config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum)
+    model = build_model(plan.config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum,
+                        outputs=len(classes))
     model.set_weights(final.best_accuracy)
     progress = final.progress
     with output_dir(out, last=METADATA_FILE) as local_out:  # model.json last: a URI model is whole once it is there
-        saved = save_model_dir(model, plan.config, local_out, source="trained", extra={
+        saved = save_model_dir(model, plan.config, local_out, source="trained", labels=classes, extra={
             "shards": shards, "settings": dataclasses.asdict(settings), "workers": workers,
             "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,
             "best_val_accuracy": progress.best_val_accuracy, "stopped_early": progress.stopped_early,
@@ -305,12 +309,12 @@ def _worker_loop(loop_config: dict) -> None:
 
     def train_data(epoch: int):
         # Every worker holds at least steps * batch_size train windows, so these batches are all full.
-        return tf_dataset(files, config, split="train", batch_size=settings.batch_size,
+        return tf_dataset(files, config, split="train", batch_size=settings.batch_size, classes=loop_config["classes"],
                           shuffle_seed=(settings.seed * 1_000_003 + epoch) * 1009 + rank,
                           shuffle_buffer=settings.shuffle_buffer).take(steps)
 
     def val_data():
-        return tf_dataset(files, config, split="val", batch_size=settings.batch_size)
+        return tf_dataset(files, config, split="val", batch_size=settings.batch_size, classes=loop_config["classes"])
 
     def report(end) -> None:
         metrics = {**end.progress.history[-1], "peak_rss_mb": end.peak_rss_mb}
@@ -328,6 +332,69 @@ def _worker_loop(loop_config: dict) -> None:
         val_data=val_data, class_weights=class_weights, restore=restore, on_epoch_end=report)
 
 
+def train_head(shards: str, out: str, settings: TrainSettings, *, base: str):
+    """Learn a new dense head over ``base``'s frozen convolutions, then write the model directory with its evaluation.
+
+    One Ray task per shard file computes the pooled convolutional features of its
+    labelled windows (:func:`msc_core.training.pooled_features`); the head is then
+    fitted in this process (:func:`msc_core.training.fit_head`) on the train split,
+    with early stopping on the val split, and evaluated on the test split.
+
+    Parameters
+    ----------
+    shards : str
+        Dataset directory (or URI).
+    out : str
+        Model directory to create (local path or URI).
+    settings : TrainSettings
+    base : str
+        The model directory whose convolutions are kept.
+
+    Returns
+    -------
+    msc_core.model.MscModel
+    """
+    import numpy as np
+    import ray
+
+    from msc_core.evaluation import evaluate_shards, write_history
+    from msc_core.model import METADATA_FILE, load_model_dir, save_model_dir
+    from msc_core.shards import list_shards
+    from msc_core.storage import exists, output_dir
+    from msc_core.training import SPLITS, ShardPlan, fit_head, pooled_features
+
+    if exists(out):
+        raise OutputExistsError(f"{out} already exists; choose a new model directory")
+    paths = list_shards(shards)
+    plan = ShardPlan.scan(paths)
+    classes = plan.classes()
+    model = load_model_dir(base, expected_config=plan.config)
+
+    @ray.remote(num_cpus=1)
+    def pool(path: str) -> dict:
+        found = load_model_dir(base, expected_config=plan.config)
+        return {split: pooled_features(found, [path], split=split, classes=classes) for split in SPLITS}
+
+    log.info("pooling the features of %d shard files through %s's convolutions", len(paths), model.model_id)
+    parts = ray.get([pool.remote(path) for path in paths])
+    data = {split: tuple(np.concatenate([part[split][i] for part in parts]) for i in range(2)) for split in SPLITS}
+    for split in ("val", "test"):
+        if not len(data[split][1]):
+            raise InputError(f"{shards}: the {split} split holds no labelled windows")
+    full, history = fit_head(model, train=data["train"], val=data["val"], classes=classes, settings=settings)
+    with output_dir(out, last=METADATA_FILE) as local_out:  # model.json last: a URI model is whole once it is there
+        saved = save_model_dir(full, plan.config, local_out, source="trained", labels=classes, extra={
+            "shards": shards, "settings": dataclasses.asdict(settings), "head_from": model.model_id,
+            "epochs_run": len(history["loss"]), "best_epoch": history["best_epoch"],
+            "best_val_accuracy": history["val_accuracy"][history["best_epoch"] - 1],
+            "train_windows": np.bincount(data["train"][1], minlength=len(classes)).tolist()})
+        write_history([{"epoch": epoch + 1, **{name: history[name][epoch] for name in
+                                                ("loss", "accuracy", "val_loss", "val_accuracy")}}
+                       for epoch in range(len(history["loss"]))], local_out)
+        evaluate_shards(saved, paths, split="test").write(local_out)
+    return saved
+
+
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The :class:`TrainSettings` an ``msc train`` command line asks for."""
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, widths=args.widths,
@@ -342,8 +409,11 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.storage import read_bytes
 
     init_ray(args.address, num_cpus=args.num_cpus)
-    model = train(args.shards, args.out, settings_from_args(args), workers=args.workers, use_gpu=args.use_gpu,
-                  max_failures=args.max_failures, resume=args.resume, storage=args.storage)
+    if args.head_from:
+        model = train_head(args.shards, args.out, settings_from_args(args), base=args.head_from)
+    else:
+        model = train(args.shards, args.out, settings_from_args(args), workers=args.workers, use_gpu=args.use_gpu,
+                      max_failures=args.max_failures, resume=args.resume, storage=args.storage)
     summary = json.loads(read_bytes(f"{args.out.rstrip('/')}/{EVALUATION_FILE}"))
     summary_line(f"wrote {args.out}: model {model.model_id}, test accuracy {summary['accuracy']:.3f} "
           f"on {summary['windows']} windows, ROC-AUC {summary['roc_auc']}")

@@ -1,15 +1,15 @@
 """How well a model labels one split of the shards, and pictures of training.
 
 :func:`evaluate_shards` streams a split through a model in batches and keeps
-only two numbers per window (true label, p_music) plus the misclassified
-windows, so memory stays small for large sets. :meth:`Evaluation.write`
-writes into a directory:
+only the true class and the model's probabilities per window plus the
+misclassified windows, so memory stays small for large sets. Windows of a
+class the model does not know are left out. :meth:`Evaluation.write` writes into a directory:
 
 - ``evaluation.json``: split, windows, accuracy, per-class precision/recall/F1/support,
-  confusion matrix, ROC-AUC (music as the positive class), log loss, expected
-  calibration error, model id;
-- ``confusion_matrix.json`` and ``confusion_matrix.png``: rows true, columns predicted, LABELS order;
-- ``misclassified.csv``: ``path, start_s, true, predicted, p_music``.
+  confusion matrix, ROC-AUC (binary models only: music as the positive class),
+  log loss, expected calibration error, model id;
+- ``confusion_matrix.json`` and ``confusion_matrix.png``: rows true, columns predicted, the model's class order;
+- ``misclassified.csv``: ``path, start_s, true, predicted, p_predicted``.
 
 :func:`write_history` writes ``history.csv`` and ``training_curves.png``.
 """
@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import rankdata
 
-from .config import LABELS
 from .errors import InputError
 from .model import MscModel, apply_temperature
 from .shards import codes_from_arrow, iter_batches
@@ -39,12 +38,12 @@ CONFUSION_PNG = "confusion_matrix.png"
 MISCLASSIFIED_FILE = "misclassified.csv"
 HISTORY_FILE = "history.csv"
 CURVES_PNG = "training_curves.png"
-MISCLASSIFIED_COLUMNS = ("path", "start_s", "true", "predicted", "p_music")
+MISCLASSIFIED_COLUMNS = ("path", "start_s", "true", "predicted", "p_predicted")
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Counts, int64 (2, 2): row = true class, column = predicted class (LABELS order)."""
-    matrix = np.zeros((len(LABELS), len(LABELS)), np.int64)
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Counts, int64 (C, C): row = true class, column = predicted class."""
+    matrix = np.zeros((classes, classes), np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     return matrix
 
@@ -62,43 +61,46 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def log_loss(labels: np.ndarray, p_music: np.ndarray, *, eps: float = 1e-7) -> float:
-    """Mean negative log-likelihood (nats) of the true classes; probabilities clipped to [eps, 1 - eps]."""
-    p_true = np.where(np.asarray(labels) == LABELS.index("music"), p_music, 1.0 - np.asarray(p_music, np.float64))
+def log_loss(labels: np.ndarray, probs: np.ndarray, *, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood (nats) of the true classes; probabilities clipped to [eps, 1 - eps].
+
+    ``labels`` int (N,) index the columns of ``probs`` float (N, C).
+    """
+    probs = np.asarray(probs, np.float64)
+    p_true = probs[np.arange(len(probs)), np.asarray(labels)]
     return float(-np.mean(np.log(np.clip(p_true, eps, 1.0 - eps))))
 
 
-def expected_calibration_error(labels: np.ndarray, p_music: np.ndarray, *, bins: int = 10) -> float:
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> float:
     """ECE: the window-weighted mean |accuracy - confidence| over ``bins`` equal-width confidence bins.
 
-    Confidence is the probability of the predicted class (0.5-1).
+    Confidence is the probability of the predicted class (the argmax of
+    ``probs`` float (N, C)), which lies in [1/C, 1]; the bins split that range.
     """
-    p_music = np.asarray(p_music, np.float64)
-    predicted = (p_music > 0.5).astype(np.int64)
-    confidence = np.where(predicted == 1, p_music, 1.0 - p_music)
+    probs = np.asarray(probs, np.float64)
+    predicted = np.argmax(probs, axis=1)
+    confidence = probs[np.arange(len(probs)), predicted]
     correct = (predicted == np.asarray(labels)).astype(np.float64)
-    which = np.minimum(((confidence - 0.5) * 2 * bins).astype(np.int64), bins - 1)
+    floor = 1.0 / probs.shape[1]
+    which = np.minimum(((confidence - floor) / (1 - floor) * bins).astype(np.int64), bins - 1)
     total = 0.0
     for index in range(bins):
         members = which == index
         if members.any():
             total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total / max(len(p_music), 1))
+    return float(total / max(len(probs), 1))
 
 
-def fit_temperature(labels: np.ndarray, p_music: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The temperature T (within ``bounds``) that minimises the log loss of ``p_music`` on ``labels``.
+def fit_temperature(labels: np.ndarray, probs: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T (within ``bounds``) that minimises the log loss of ``probs`` (N, C) on ``labels``.
 
     Fit it on a held-out split the model was not trained on; it changes
     confidences, never the predicted class.
     """
     from scipy.optimize import minimize_scalar
 
-    probs = np.stack([1.0 - np.asarray(p_music, np.float64), np.asarray(p_music, np.float64)], axis=-1)
-    music = LABELS.index("music")
-
     def loss(log_t: float) -> float:
-        return log_loss(labels, apply_temperature(probs, float(np.exp(log_t)))[:, music])
+        return log_loss(labels, apply_temperature(probs, float(np.exp(log_t))))
 
     best = minimize_scalar(loss, bounds=tuple(np.log(bounds)), method="bounded")
     return float(np.exp(best.x))
@@ -112,43 +114,46 @@ class Evaluation:
     ----------
     split : str
     model_id : str
+    classes : tuple of str
+        The model's classes (C), in its output order.
     labels : np.ndarray, int64, shape (N,)
-        True class index (LABELS order).
-    p_music : np.ndarray, float32, shape (N,)
-        The model's music probability.
+        True class index into ``classes``.
+    probs : np.ndarray, float32, shape (N, C)
+        The model's probabilities.
     misclassified : list of dict
         One row per wrong window with :data:`MISCLASSIFIED_COLUMNS`.
     """
 
     split: str
     model_id: str
+    classes: tuple[str, ...]
     labels: np.ndarray
-    p_music: np.ndarray
+    probs: np.ndarray
     misclassified: list[dict]
 
     @property
     def predicted(self) -> np.ndarray:
-        """Predicted class index, int64 (N,): music when ``p_music > 0.5``."""
-        return (self.p_music > 0.5).astype(np.int64)
+        """Predicted class index, int64 (N,): the most probable class."""
+        return np.argmax(self.probs, axis=1)
 
     def summary(self) -> dict:
         """Accuracy, per-class precision/recall/F1/support, confusion matrix and ROC-AUC (JSON-ready)."""
-        matrix = confusion_matrix(self.labels, self.predicted)
+        matrix = confusion_matrix(self.labels, self.predicted, len(self.classes))
         per_class = {}
-        for index, label in enumerate(LABELS):
+        for index, label in enumerate(self.classes):
             hits, predicted, actual = matrix[index, index], matrix[:, index].sum(), matrix[index].sum()
             precision = hits / predicted if predicted else 0.0
             recall = hits / actual if actual else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
             per_class[label] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
                                 "support": int(actual)}
-        auc = roc_auc(self.labels, self.p_music)
+        auc = roc_auc(self.labels, self.probs[:, 1]) if len(self.classes) == 2 else float("nan")
         return {"split": self.split, "model_id": self.model_id, "windows": int(len(self.labels)),
                 "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)), "per_class": per_class,
-                "confusion_matrix": {"labels": list(LABELS), "rows": "true", "columns": "predicted",
+                "confusion_matrix": {"labels": list(self.classes), "rows": "true", "columns": "predicted",
                                      "counts": matrix.tolist()},
-                "roc_auc": None if np.isnan(auc) else auc, "log_loss": log_loss(self.labels, self.p_music),
-                "ece": expected_calibration_error(self.labels, self.p_music)}
+                "roc_auc": None if np.isnan(auc) else auc, "log_loss": log_loss(self.labels, self.probs),
+                "ece": expected_calibration_error(self.labels, self.probs)}
 
     def write(self, out_dir: str | os.PathLike) -> dict:
         """Write the evaluation files (module docstring) into ``out_dir``; return :meth:`summary`."""
@@ -157,7 +162,7 @@ class Evaluation:
         summary = self.summary()
         (out_dir / EVALUATION_FILE).write_text(json.dumps(summary, indent=1))
         (out_dir / CONFUSION_JSON).write_text(json.dumps(summary["confusion_matrix"], indent=1))
-        _plot_confusion(np.array(summary["confusion_matrix"]["counts"]),
+        _plot_confusion(np.array(summary["confusion_matrix"]["counts"]), self.classes,
                         title=f"{self.split}: accuracy {summary['accuracy']:.3f}", path=out_dir / CONFUSION_PNG)
         with open(out_dir / MISCLASSIFIED_FILE, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=MISCLASSIFIED_COLUMNS)
@@ -189,24 +194,26 @@ def evaluate_shards(model: MscModel, paths: Sequence[str], *, split: str = "test
     InputError
         The split holds no labelled windows.
     """
+    classes = pa.array(list(model.labels))
     labels, scores, wrong = [], [], []
     columns = ("codes", "label", "path", "start_s")
     for batch in iter_batches(paths, model.config, columns=columns, batch_rows=batch_rows, filter_split=split):
-        batch = batch.filter(pc.fill_null(pc.is_in(batch.column("label"), pa.array(LABELS)), False))
+        batch = batch.filter(pc.fill_null(pc.is_in(batch.column("label"), classes), False))
         if not batch.num_rows:
             continue
-        truth = pc.index_in(batch.column("label"), pa.array(LABELS)).to_numpy().astype(np.int64)
-        p_music = model.predict_codes(codes_from_arrow(batch.column("codes"), model.config),
-                                      batch_size=batch_size)[:, LABELS.index("music")]
+        truth = pc.index_in(batch.column("label"), classes).to_numpy().astype(np.int64)
+        probs = model.predict_codes(codes_from_arrow(batch.column("codes"), model.config), batch_size=batch_size)
         labels.append(truth)
-        scores.append(p_music)
-        for row in np.flatnonzero((p_music > 0.5).astype(np.int64) != truth):
+        scores.append(probs)
+        predicted = np.argmax(probs, axis=1)
+        for row in np.flatnonzero(predicted != truth):
             wrong.append({"path": batch.column("path")[row].as_py(), "start_s": batch.column("start_s")[row].as_py(),
-                          "true": LABELS[truth[row]], "predicted": LABELS[1 - truth[row]],
-                          "p_music": float(p_music[row])})
+                          "true": model.labels[truth[row]], "predicted": model.labels[predicted[row]],
+                          "p_predicted": float(probs[row, predicted[row]])})
     if not labels:
         raise InputError(f"the {split!r} split of these shards holds no labelled windows")
-    return Evaluation(split, model.model_id, np.concatenate(labels), np.concatenate(scores).astype(np.float32), wrong)
+    return Evaluation(split, model.model_id, model.labels, np.concatenate(labels),
+                      np.concatenate(scores).astype(np.float32), wrong)
 
 
 def write_history(history: Sequence[Mapping[str, float]], out_dir: str | os.PathLike) -> None:
@@ -239,8 +246,8 @@ def write_history(history: Sequence[Mapping[str, float]], out_dir: str | os.Path
     figure.savefig(out_dir / CURVES_PNG, dpi=100)
 
 
-def _plot_confusion(matrix: np.ndarray, *, title: str, path: Path) -> None:
-    """A 2x2 heat map with counts, rows true, columns predicted."""
+def _plot_confusion(matrix: np.ndarray, classes: Sequence[str], *, title: str, path: Path) -> None:
+    """A C x C heat map with counts, rows true, columns predicted."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(4, 3.6), layout="constrained")
@@ -249,8 +256,9 @@ def _plot_confusion(matrix: np.ndarray, *, title: str, path: Path) -> None:
     for (row, column), count in np.ndenumerate(matrix):
         axes.text(column, row, str(count), ha="center", va="center",
                   color="white" if count > matrix.max() / 2 else "black")
-    axes.set_xticks(range(len(LABELS)), LABELS)
-    axes.set_yticks(range(len(LABELS)), LABELS)
+    names = [name.replace("_", " ") for name in classes]
+    axes.set_xticks(range(len(classes)), names, rotation=30 if len(classes) > 2 else 0)
+    axes.set_yticks(range(len(classes)), names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)

@@ -6,26 +6,31 @@ How a file is labelled
    (``window="all"``: every ``hop_s`` seconds, default 5 s back to back;
    ``window="first"``: the paper's rule, the first 5 s only) and each window is
    featurized into compact codes (:func:`featurize_file`).
-2. The model gives each window [speech, music] probabilities.
-3. **Aggregation** (:func:`aggregate`): ``p_speech`` and ``p_music`` are the
-   *mean* of the windows' probabilities; ``music_fraction`` and
-   ``speech_fraction`` are the shares of windows whose own argmax is that label.
+2. The model gives each window a probability per class it knows, spread over
+   the content classes :data:`~msc_core.config.CLASSES` (speech, music,
+   speech_over_music, noise) by :func:`class_probs`: a class the model does not
+   know (the paper's binary models know speech and music only) gets 0. With
+   ``view="binary"`` the paper's two-class view is given instead: speech over
+   music counts as speech, noise is left out and speech and music are scaled to sum to 1.
+3. **Aggregation** (:func:`aggregate`): ``p_<class>`` is the *mean* of the
+   windows' probabilities of that class; ``<class>_fraction`` is the share of
+   windows whose own argmax is that class.
    The file's ``label`` is its dominant content class, the one with the most
    seconds in its segments (step 4), or ``silence`` for a file with no
    content; ``confidence`` is that label's segments' confidence weighted by
    their seconds (:func:`dominant_label`). A silent stretch therefore never
    lends its window's model output to the file's label.
 4. **Segments** (:func:`segments_of`, :mod:`msc_core.segmentation`): each
-   window stands for the centre of its audio; the music probability is
+   window stands for the centre of its audio; the class probabilities are
    interpolated between centres on a 10-ms grid, ``silence`` is found by
    energy (no model), a Viterbi pass with minimum durations smooths the
-   labels, and speech/music boundaries move to the strongest spectral change
-   near them. Segments (``speech``, ``music``, ``silence``) tile the file from
+   labels, and boundaries between content classes move to the strongest spectral
+   change near them. Segments (a content class or ``silence``) tile the file from
    0 to ``duration_s`` with boundaries on the 10-ms grid; a segment's
    ``confidence`` is the mean probability of its label over its frames.
    Silence and refinement need the file's frame cues, which
    :func:`featurize_file` computes as it reads the audio (``FileFeatures.cues``);
-   windows read back without them give speech/music segments only.
+   windows read back without them give content segments only.
 
 Windows that overlap and start on the STFT frame grid (a hop that is a
 multiple of 512 samples at 22,050 Hz; :func:`window_config` rounds overlapping
@@ -72,7 +77,7 @@ import numpy as np
 import pyarrow as pa
 
 from .audio import AudioStream, DecodeLimits
-from .config import LABELS, PAPER, FeatureConfig
+from .config import CLASSES, PAPER, FeatureConfig
 from .depth import featurize, featurize_hopped
 from .errors import AudioDecodeError, ChildProcessFailed, ModelLoadError
 from .segmentation import SEGMENT_LABELS, CueTracker, FrameCues, segment_timeline
@@ -81,7 +86,7 @@ if TYPE_CHECKING:
     from .isolation import ChildProcess
     from .model import MscModel
 
-SPEECH, MUSIC = LABELS.index("speech"), LABELS.index("music")
+SPEECH, MUSIC, SPEECH_OVER_MUSIC = CLASSES.index("speech"), CLASSES.index("music"), CLASSES.index("speech_over_music")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 """Where the package's bundled model lives once it ships (see :func:`load_model`)."""
 
@@ -92,27 +97,32 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("feature_hash", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("truncated", pa.bool_()), ("truncated_at_s", pa.float64()),
     ("speech_s", pa.float64()), ("music_s", pa.float64()), ("silence_s", pa.float64()),
+    ("p_speech_over_music", pa.float64()), ("p_noise", pa.float64()), ("speech_over_music_fraction", pa.float64()),
+    ("noise_fraction", pa.float64()), ("speech_over_music_s", pa.float64()), ("noise_s", pa.float64()),
 ])
 """``predictions.parquet``: one row per input file (label and numbers null when ``status="error"``).
 
 ``truncated`` is True when ``DecodeLimits.max_windows`` cut the file: only its
 first ``windows`` windows, up to ``truncated_at_s`` seconds, were labelled
-(``truncated_at_s`` is null otherwise). ``speech_s``, ``music_s`` and
-``silence_s`` are the seconds of the file's segments with each label. Columns
-are only ever added at the end, so rows written before them read back with
-nulls there.
+(``truncated_at_s`` is null otherwise). For each content class (speech, music,
+speech_over_music, noise), ``p_<class>`` is its mean window probability and
+``<class>_fraction`` the share of windows it wins; ``<label>_s`` are the
+seconds of the file's segments with each label, silence included. Columns are
+only ever added at the end, so rows written before them read back with nulls there.
 """
 
 WINDOWS_SCHEMA = pa.schema([
     ("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("p_music", pa.float64()),
+    ("p_speech", pa.float64()), ("p_speech_over_music", pa.float64()), ("p_noise", pa.float64()),
 ])
-"""``windows.parquet``: one row per window; ``end_s`` is where the window's real audio ends."""
+"""``windows.parquet``: one row per window, its probability of each content class; ``end_s`` is where
+the window's real audio ends."""
 
 SEGMENTS_SCHEMA = pa.schema([
     ("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()),
     ("confidence", pa.float64()),
 ])
-"""``segments.parquet``: runs of one label (``speech``, ``music`` or ``silence``), tiling each ok file
+"""``segments.parquet``: runs of one label (a content class or ``silence``), tiling each ok file
 from 0 to its duration, boundaries on the 10-ms grid (see the module docstring, step 4)."""
 
 
@@ -125,7 +135,7 @@ class Segment:
     start_s, end_s : float
         Span in the file (s).
     label : str
-        ``"speech"``, ``"music"`` or ``"silence"`` (:data:`~msc_core.segmentation.SEGMENT_LABELS`).
+        A content class or ``"silence"`` (:data:`~msc_core.segmentation.SEGMENT_LABELS`).
     confidence : float
         Mean over the segment's 10-ms frames of its label's probability.
     """
@@ -186,13 +196,15 @@ class FileLabel:
 
     Attributes
     ----------
-    path, label, confidence, p_music, p_speech, duration_s, windows, music_fraction,
-    speech_fraction, model_id, feature_hash, status, error, truncated, truncated_at_s
+    path, label, confidence, duration_s, windows, model_id, feature_hash, status, error, truncated, truncated_at_s
         The row's fields (:data:`PREDICTIONS_SCHEMA`); with ``status="error"``
         the numbers and label are None, ``windows`` is 0 and ``error`` says why.
-        The row's ``speech_s``, ``music_s`` and ``silence_s`` are :meth:`seconds` of each label.
-    window_start_s, window_end_s, window_p_music : np.ndarray, float64, shape (windows,)
-        Per-window start, end of real audio (s) and music probability.
+        The row's ``p_<class>``, ``<class>_fraction`` and ``<label>_s`` are
+        :meth:`probability`, :meth:`fraction` and :meth:`seconds`.
+    window_start_s, window_end_s : np.ndarray, float64, shape (windows,)
+        Per-window start and end of real audio (s).
+    window_probs : np.ndarray, float64, shape (windows, len(CLASSES))
+        Per-window probability of each content class (:func:`class_probs`).
     segments : tuple of Segment
         Tile ``[0, duration_s]`` (empty for an error).
     """
@@ -200,12 +212,8 @@ class FileLabel:
     path: str
     label: str | None
     confidence: float | None
-    p_music: float | None
-    p_speech: float | None
     duration_s: float | None
     windows: int
-    music_fraction: float | None
-    speech_fraction: float | None
     model_id: str
     feature_hash: str
     status: Literal["ok", "error"]
@@ -214,13 +222,25 @@ class FileLabel:
     truncated_at_s: float | None = None
     window_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     window_end_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    window_p_music: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    window_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, len(CLASSES))), repr=False)
     segments: tuple[Segment, ...] = ()
 
     def row(self) -> dict:
         """The ``predictions`` row: a dict keyed by :data:`PREDICTIONS_SCHEMA` names."""
-        seconds = {f"{label}_s": self.seconds(label) for label in SEGMENT_LABELS}
-        return {name: seconds[name] if name in seconds else getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+        derived = {**{f"p_{name}": self.probability(name) for name in CLASSES},
+                   **{f"{name}_fraction": self.fraction(name) for name in CLASSES},
+                   **{f"{label}_s": self.seconds(label) for label in SEGMENT_LABELS}}
+        return {name: derived[name] if name in derived else getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
+
+    def probability(self, name: str) -> float | None:
+        """Mean window probability of the content class ``name`` (None for a file that failed)."""
+        return float(self.window_probs[:, CLASSES.index(name)].mean()) if self.status == "ok" else None
+
+    def fraction(self, name: str) -> float | None:
+        """Share of windows whose most probable class is ``name`` (None for a file that failed)."""
+        if self.status != "ok":
+            return None
+        return float(np.mean(np.argmax(self.window_probs, axis=1) == CLASSES.index(name)))
 
     def seconds(self, label: str) -> float | None:
         """Seconds of the segments labelled ``label`` (None for a file that failed)."""
@@ -235,8 +255,7 @@ class FileLabel:
         A leading ``"<path>: "`` is dropped from ``error``: the row names the path already.
         """
         error = error.removeprefix(f"{path}: ")
-        return cls(path=path, label=None, confidence=None, p_music=None, p_speech=None, duration_s=None,
-                   windows=0, music_fraction=None, speech_fraction=None, model_id=model_id,
+        return cls(path=path, label=None, confidence=None, duration_s=None, windows=0, model_id=model_id,
                    feature_hash=feature_hash, status="error", error=error)
 
 
@@ -250,8 +269,8 @@ def segments_of(start_s: np.ndarray, end_s: np.ndarray, probs: np.ndarray, durat
     start_s, end_s : np.ndarray, float, shape (W,), W >= 1
         Window starts and ends of real audio (s), increasing; a window stands
         for the centre of its real audio.
-    probs : np.ndarray, float, shape (W, 2)
-        [speech, music] probabilities of each window.
+    probs : np.ndarray, float, shape (W, len(CLASSES))
+        Content class probabilities of each window (:func:`class_probs`).
     duration_s : float
         End of the file (s).
     cues : FrameCues or None
@@ -278,8 +297,8 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         Window starts and ends of real audio (s).
     duration_s : float
         Length of the file (s).
-    probs : np.ndarray, float, shape (W, 2)
-        [speech, music] probabilities of each window.
+    probs : np.ndarray, float, shape (W, len(CLASSES))
+        Content class probabilities of each window (:func:`class_probs`).
     model_id, feature_hash : str
         Recorded in the row.
     truncated_at_s : float or None
@@ -288,17 +307,45 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         ``FileFeatures.cues``: with them the segments hold silence and refined boundaries.
     """
     probs = np.asarray(probs, np.float64)
-    mean = probs.mean(axis=0)
-    music_fraction = float(np.mean(np.argmax(probs, axis=1) == MUSIC))
     segments = segments_of(start_s, end_s, probs, duration_s if truncated_at_s is None else truncated_at_s, cues=cues)
     label, confidence = dominant_label(segments)
     return FileLabel(
-        path=path, label=label, confidence=confidence, p_music=float(mean[MUSIC]),
-        p_speech=float(mean[SPEECH]), duration_s=float(duration_s), windows=len(probs),
-        music_fraction=music_fraction, speech_fraction=1.0 - music_fraction, model_id=model_id,
-        feature_hash=feature_hash, status="ok", error=None, truncated=truncated_at_s is not None,
+        path=path, label=label, confidence=confidence, duration_s=float(duration_s), windows=len(probs),
+        model_id=model_id, feature_hash=feature_hash, status="ok", error=None, truncated=truncated_at_s is not None,
         truncated_at_s=truncated_at_s, window_start_s=np.asarray(start_s, np.float64),
-        window_end_s=np.asarray(end_s, np.float64), window_p_music=probs[:, MUSIC], segments=segments)
+        window_end_s=np.asarray(end_s, np.float64), window_probs=probs, segments=segments)
+
+
+def class_probs(probs: np.ndarray, labels: Sequence[str], *, view: Literal["all", "binary"] = "all") -> np.ndarray:
+    """A model's window probabilities spread over the content classes (see the module docstring, step 2).
+
+    Parameters
+    ----------
+    probs : np.ndarray, float, shape (W, len(labels))
+        The model's outputs.
+    labels : sequence of str
+        The model's classes (``MscModel.labels``), a subset of :data:`~msc_core.config.CLASSES`.
+    view : {"all", "binary"}
+        ``"all"``: every class as the model gives it, 0 for those it does not
+        know. ``"binary"``: speech (speech over music included) and music only,
+        scaled to sum to 1 (0.5 each when the model gives neither).
+
+    Returns
+    -------
+    np.ndarray, float64, shape (W, len(CLASSES))
+    """
+    probs = np.asarray(probs, np.float64)
+    spread = np.zeros((len(probs), len(CLASSES)))
+    spread[:, [CLASSES.index(label) for label in labels]] = probs
+    if view == "binary":
+        speech, music = spread[:, SPEECH] + spread[:, SPEECH_OVER_MUSIC], spread[:, MUSIC]
+        total = speech + music
+        spread = np.zeros_like(spread)
+        spread[:, SPEECH] = np.where(total > 1e-9, speech / np.maximum(total, 1e-9), 0.5)
+        spread[:, MUSIC] = 1 - spread[:, SPEECH]
+    elif view != "all":
+        raise ValueError(f"view must be 'all' or 'binary', not {view!r}")
+    return spread
 
 
 def dominant_label(segments: Sequence[Segment]) -> tuple[str, float]:
@@ -338,7 +385,8 @@ def label_tables(labels: Iterable[FileLabel]) -> tuple[pa.Table, pa.Table, pa.Ta
         "path": [label.path for label in labels for _ in range(label.windows)],
         "start_s": np.concatenate([label.window_start_s for label in labels] or [np.zeros(0)]),
         "end_s": np.concatenate([label.window_end_s for label in labels] or [np.zeros(0)]),
-        "p_music": np.concatenate([label.window_p_music for label in labels] or [np.zeros(0)]),
+        **{f"p_{name}": np.concatenate([label.window_probs[:, CLASSES.index(name)] for label in labels]
+                                       or [np.zeros(0)]) for name in CLASSES},
     }, schema=WINDOWS_SCHEMA)
     segments = pa.Table.from_pylist([{"path": label.path, **vars(segment)} for label in labels
                                      for segment in label.segments], schema=SEGMENTS_SCHEMA)
@@ -495,17 +543,18 @@ def load_model(path: str | os.PathLike | None = None) -> "MscModel":
     return load_model_dir(model_location(path), expected_config=PAPER)
 
 
-def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int = 32) -> FileLabel:
-    """Run ``model`` on a file's featurized windows and :func:`aggregate` them."""
-    probs = model.predict_codes(features.codes, batch_size=batch_size)
+def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int = 32,
+                   view: Literal["all", "binary"] = "all") -> FileLabel:
+    """Run ``model`` on a file's featurized windows and :func:`aggregate` them (``view`` as in :func:`class_probs`)."""
+    probs = class_probs(model.predict_codes(features.codes, batch_size=batch_size), model.labels, view=view)
     return aggregate(features.path, start_s=features.start_s, end_s=features.end_s, duration_s=features.duration_s,
                      probs=probs, model_id=model.model_id, feature_hash=model.config.hash,
                      truncated_at_s=features.truncated_at_s, cues=features.cues)
 
 
 def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal["first", "all"] = "all",
-               hop_s: float | None = None, batch_size: int = 32, limits: DecodeLimits = DecodeLimits(),
-               child: "ChildProcess | None" = None) -> FileLabel:
+               hop_s: float | None = None, batch_size: int = 32, view: Literal["all", "binary"] = "all",
+               limits: DecodeLimits = DecodeLimits(), child: "ChildProcess | None" = None) -> FileLabel:
     """Label one audio file (what ``msc predict`` prints and ``msc infer`` writes for it).
 
     Parameters
@@ -521,6 +570,8 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
         back); a shorter hop is rounded to whole STFT frames (:func:`window_config`).
     batch_size : int
         Windows per forward pass.
+    view : {"all", "binary"}
+        Every content class, or the paper's speech/music view (:func:`class_probs`).
     limits, child
         As in :func:`featurize_file`.
 
@@ -533,12 +584,12 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
         features = featurize_file(source, window_config(window, hop_s), limits=limits, child=child)
     except AudioDecodeError as error:
         return FileLabel.failed(str(source), str(error), model_id=model.model_id, feature_hash=model.config.hash)
-    return label_features(features, model, batch_size=batch_size)
+    return label_features(features, model, batch_size=batch_size, view=view)
 
 
 def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
                 window: Literal["first", "all"] = "all", hop_s: float | None = None, batch_size: int = 32,
-                name: str = "<array>") -> FileLabel:
+                view: Literal["all", "binary"] = "all", name: str = "<array>") -> FileLabel:
     """Label audio already in memory, exactly as :func:`label_file` labels the same samples in a WAV file.
 
     Parameters
@@ -547,7 +598,7 @@ def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
         Audio in [-1, 1] at ``sample_rate``; channels are averaged.
     sample_rate : int
         Hz.
-    model, window, hop_s, batch_size
+    model, window, hop_s, batch_size, view
         As in :func:`label_file`.
     name : str
         ``path`` of the result.
@@ -561,7 +612,7 @@ def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
         features = featurize_file(buffer, window_config(window, hop_s), name=name)
     except AudioDecodeError as error:
         return FileLabel.failed(name, str(error), model_id=model.model_id, feature_hash=model.config.hash)
-    return label_features(features, model, batch_size=batch_size)
+    return label_features(features, model, batch_size=batch_size, view=view)
 
 
 def format_label(label: FileLabel, *, segments: bool = True) -> str:
@@ -569,12 +620,12 @@ def format_label(label: FileLabel, *, segments: bool = True) -> str:
     if label.status != "ok":
         return f"{label.path}: error: {label.error}"
     lines = [f"{label.path}: {label.label} (confidence {label.confidence:.2f}, {label.windows} windows, "
-             f"{label.duration_s:.1f} s, music {label.music_fraction:.0%} of windows)"]
+             f"{label.duration_s:.1f} s)"]
     if label.truncated:
         lines.append(f"  truncated: only the first {label.windows} windows, up to {label.truncated_at_s:.1f} s, "
                      "were labelled")
     if segments:
-        lines += [f"  {s.start_s:9.2f} - {s.end_s:9.2f} s  {s.label:<7} {s.confidence:.2f}" for s in label.segments]
+        lines += [f"  {s.start_s:9.2f} - {s.end_s:9.2f} s  {s.label:<17} {s.confidence:.2f}" for s in label.segments]
     return "\n".join(lines)
 
 

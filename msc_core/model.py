@@ -31,11 +31,11 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .config import LABELS, PAPER, FeatureConfig, msc_version, require_same_features
+from .config import CLASSES, LABELS, PAPER, FeatureConfig, msc_version, require_same_features
 from .depth import COLORMAP_SIZE, depth_tables
 from .errors import ModelLoadError, OutputExistsError, ParameterError
 from .shards import atomic_output
@@ -56,13 +56,13 @@ _DENSE_DROPOUT = 0.5
 # ---------------------------------------------------------------------------------------- building
 def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WIDTHS,
               dense: tuple[int, int] = PAPER_DENSE, batchnorm_momentum: float = 0.99,
-              seed: int | None = None) -> keras.Sequential:
+              outputs: int = len(LABELS), seed: int | None = None) -> keras.Sequential:
     """The paper's 3D CNN over the dense depth tensor (about 303k parameters at paper widths).
 
     Three blocks ``Conv3D(3x3x3, same, relu) -> BatchNormalization``, the first
     two followed by ``MaxPooling3D(2)`` and dropout .2 / .3, then global average
     pooling, dropout .4, two ReLU dense layers each followed by dropout .5, and a
-    2-way softmax.
+    softmax over the classes (the paper's 2; msc's own models one per content class).
 
     Parameters
     ----------
@@ -77,6 +77,8 @@ def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WID
         The depth tensor's activations have variances near 1e-3 while the moving
         variance starts at 1, so 0.99 needs about 1,000 steps before inference
         mode is usable; short runs on small data want e.g. 0.9.
+    outputs : int
+        Classes of the softmax (C).
     seed : int or None
         Seeds the kernel initializers and dropout masks (layer ``i`` gets
         ``seed + i``); ``None`` draws them at random.
@@ -84,7 +86,7 @@ def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WID
     Returns
     -------
     keras.Sequential named ``"cnn"``
-        float32 (B, layers, n_mels, frames, 1) -> softmax float32 (B, 2), [speech, music].
+        float32 (B, layers, n_mels, frames, 1) -> softmax float32 (B, C).
     """
     import keras
 
@@ -110,7 +112,7 @@ def build_cnn(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WID
         *conv(widths[2]), keras.layers.GlobalAveragePooling3D(), dropout(_CONV_DROPOUT[2]),
         *hidden(dense[0]),
         *hidden(dense[1]),
-        keras.layers.Dense(len(LABELS), activation="softmax",
+        keras.layers.Dense(outputs, activation="softmax",
                            kernel_initializer=keras.initializers.GlorotUniform(next(seeds))),
     ], name="cnn")
 
@@ -149,7 +151,7 @@ def decode_stage(config: FeatureConfig) -> keras.Sequential:
 
 
 def _codes_model(cnn: keras.Model, config: FeatureConfig) -> keras.Model:
-    """``cnn`` behind :func:`decode_stage`: uint8 codes (B, n_mels, frames) -> (B, 2)."""
+    """``cnn`` behind :func:`decode_stage`: uint8 codes (B, n_mels, frames) -> (B, C)."""
     import keras
 
     codes = keras.Input(config.encoded_shape, dtype="uint8", name="codes")
@@ -158,22 +160,48 @@ def _codes_model(cnn: keras.Model, config: FeatureConfig) -> keras.Model:
 
 def build_model(config: FeatureConfig, *, widths: tuple[int, int, int] = PAPER_WIDTHS,
                 dense: tuple[int, int] = PAPER_DENSE, batchnorm_momentum: float = 0.99,
-                seed: int | None = None) -> keras.Model:
+                outputs: int = len(LABELS), seed: int | None = None) -> keras.Model:
     """A fresh msc model: :func:`decode_stage` then :func:`build_cnn` (nested as ``"cnn"``).
 
     Parameters
     ----------
     config : FeatureConfig
-    widths, dense, batchnorm_momentum, seed
+    widths, dense, batchnorm_momentum, outputs, seed
         As in :func:`build_cnn`.
 
     Returns
     -------
     keras.Model
-        uint8 codes (B, n_mels, frames) -> softmax float32 (B, 2), [speech, music].
+        uint8 codes (B, n_mels, frames) -> softmax float32 (B, C).
     """
     return _codes_model(build_cnn(config, widths=widths, dense=dense, batchnorm_momentum=batchnorm_momentum,
-                                  seed=seed), config)
+                                  outputs=outputs, seed=seed), config)
+
+
+def trunk(model: keras.Model) -> keras.Model:
+    """The convolutional part of an msc model: uint8 codes (B, n_mels, frames) -> float32 (B, widths[2]).
+
+    The decode stage and the ``"cnn"`` layers up to the global average pooling,
+    sharing the model's weights; its output is what the dense head reads.
+    """
+    import keras
+
+    codes = keras.Input(model.input_shape[1:], dtype="uint8", name="codes")
+    pooled = model.get_layer("decode")(codes)
+    for layer in model.get_layer("cnn").layers:
+        pooled = layer(pooled)
+        if isinstance(layer, keras.layers.GlobalAveragePooling3D):
+            break
+    return keras.Model(codes, pooled, name="trunk")
+
+
+def head(model: keras.Model) -> list[keras.layers.Layer]:
+    """The ``"cnn"`` layers after the global average pooling: dropout, the two hidden dense layers, the softmax."""
+    import keras
+
+    layers = model.get_layer("cnn").layers
+    pooling = next(i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.GlobalAveragePooling3D))
+    return layers[pooling + 1:]
 
 
 def architecture(model: keras.Model) -> list[tuple[str, dict[str, Any]]]:
@@ -196,7 +224,7 @@ class MscModel:
     Attributes
     ----------
     keras_model : keras.Model
-        uint8 codes (B, n_mels, frames) -> float32 (B, 2).
+        uint8 codes (B, n_mels, frames) -> float32 (B, C), one column per class of :attr:`labels`.
     config : FeatureConfig
         Features the model reads; compare with :func:`require_same_features`.
     metadata : Mapping
@@ -212,6 +240,11 @@ class MscModel:
         """Stable identity: the source plus a short hash of the weights."""
         return self.metadata["model_id"]
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The classes of the outputs, in order (a subset of :data:`msc_core.config.CLASSES`)."""
+        return tuple(self.metadata["labels"])
+
     @functools.cached_property
     def _forward(self):
         """Inference graph traced once for any batch size."""
@@ -221,7 +254,7 @@ class MscModel:
         return tf.function(lambda codes: self.keras_model(codes, training=False), input_signature=[spec])
 
     def predict_codes(self, codes: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-        """[speech, music] probabilities of a batch of compact windows.
+        """Class probabilities (columns in :attr:`labels` order) of a batch of compact windows.
 
         Parameters
         ----------
@@ -233,7 +266,7 @@ class MscModel:
 
         Returns
         -------
-        np.ndarray, float32, shape (B, 2)
+        np.ndarray, float32, shape (B, C)
         """
         codes = np.asarray(codes)
         if codes.ndim != 3 or codes.shape[1:] != self.config.encoded_shape or codes.dtype != np.uint8:
@@ -241,7 +274,7 @@ class MscModel:
                              f"got {codes.dtype} {codes.shape}")
         chunks = [self._forward(codes[start:start + batch_size]).numpy()
                   for start in range(0, len(codes), batch_size)]
-        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), np.float32)
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
         return probs if self.temperature == 1.0 else apply_temperature(probs, self.temperature)
 
     @property
@@ -278,31 +311,42 @@ def _weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _signature_problem(model: keras.Model, config: FeatureConfig) -> str | None:
-    """Why ``model`` does not map uint8 codes ``config.encoded_shape`` to (None, 2), or None."""
+def _labels_problem(labels: Any) -> str | None:
+    """Why ``labels`` cannot be a model's classes (two or more of CLASSES, in CLASSES order), or None."""
+    if not isinstance(labels, (list, tuple)) or len(labels) < 2 or not all(label in CLASSES for label in labels) \
+            or list(labels) != sorted(set(labels), key=CLASSES.index):
+        return f"labels must be two or more of {list(CLASSES)}, in that order; got {labels!r}"
+    return None
+
+
+def _signature_problem(model: keras.Model, config: FeatureConfig, labels: Sequence[str]) -> str | None:
+    """Why ``model`` does not map uint8 codes ``config.encoded_shape`` to (None, len(labels)), or None."""
     expected_input = (None, *config.encoded_shape)
     dtypes = [tensor.dtype for tensor in model.inputs]
     if model.input_shape != expected_input or dtypes != ["uint8"]:
         return f"input is {model.input_shape} of {dtypes}, expected one uint8 {expected_input} compact codes"
-    if model.output_shape != (None, len(LABELS)):
-        return f"output shape is {model.output_shape}, expected (None, {len(LABELS)}) for {LABELS}"
+    if model.output_shape != (None, len(labels)):
+        return f"output shape is {model.output_shape}, expected (None, {len(labels)}) for {list(labels)}"
     return None
 
 
 def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.PathLike, *,
-                   source: Literal["trained", "paper-import"], extra: Mapping[str, Any] | None = None) -> MscModel:
+                   source: Literal["trained", "paper-import"], labels: Sequence[str] = LABELS,
+                   extra: Mapping[str, Any] | None = None) -> MscModel:
     """Write an msc model directory atomically (built beside ``out_dir``, then renamed).
 
     Parameters
     ----------
     model : keras.Model
-        From :func:`build_model` (uint8 codes in, (B, 2) out, nested ``"cnn"``).
+        From :func:`build_model` (uint8 codes in, (B, C) out, nested ``"cnn"``).
     config : FeatureConfig
         Features the model reads.
     out_dir : str or PathLike
         Local directory to create; must not exist yet.
     source : {"trained", "paper-import"}
         Where the weights come from; also names the model id.
+    labels : sequence of str
+        The C classes of the outputs, in order: two or more of :data:`msc_core.config.CLASSES`, in that order.
     extra : Mapping or None
         JSON-serializable facts to keep under ``"extra"`` in ``model.json``
         (training data, epochs, metrics...).
@@ -317,12 +361,13 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
     OutputExistsError
         ``out_dir`` already exists.
     ValueError
-        ``model`` does not map uint8 codes ``config.encoded_shape`` to (B, 2).
+        ``labels`` are not valid classes, or ``model`` does not map uint8 codes
+        ``config.encoded_shape`` to (B, len(labels)).
     """
     import keras
 
     out_dir = Path(out_dir)
-    problem = _signature_problem(model, config)
+    problem = _labels_problem(labels) or _signature_problem(model, config, labels)
     if problem:
         raise ValueError(f"cannot save this model: {problem}")
     if out_dir.exists():
@@ -330,7 +375,7 @@ def save_model_dir(model: keras.Model, config: FeatureConfig, out_dir: str | os.
     cnn = model.get_layer("cnn")
     metadata = {
         "model_id": f"{source}-{_weights_digest(model)[:12]}",
-        "labels": list(LABELS),
+        "labels": list(labels),
         "widths": [layer.filters for layer in cnn.layers if isinstance(layer, keras.layers.Conv3D)],
         "dense": [layer.units for layer in cnn.layers if isinstance(layer, keras.layers.Dense)][:-1],
         "source": source,
@@ -510,10 +555,9 @@ def check_model_dir(path: str | os.PathLike, *,
     if metadata.get("feature_hash") != config.hash:
         raise ModelLoadError(f"{path}: {METADATA_FILE} names feature hash {metadata.get('feature_hash')}, "
                              f"but {FEATURE_CONFIG_FILE} has {config.hash}")
-    if metadata.get("labels") != list(LABELS) or not isinstance(metadata.get("model_id"), str) \
-            or not metadata["model_id"]:
-        raise ModelLoadError(f"{path}: {METADATA_FILE} must hold a model_id (text) and labels {list(LABELS)}")
-    problem = _metadata_problem(metadata)
+    if not isinstance(metadata.get("model_id"), str) or not metadata["model_id"]:
+        raise ModelLoadError(f"{path}: {METADATA_FILE} must hold a model_id (text)")
+    problem = _labels_problem(metadata.get("labels")) or _metadata_problem(metadata)
     if problem:
         raise ModelLoadError(f"{path}: {METADATA_FILE}: {problem}")
     if expected_config is not None:
@@ -562,7 +606,7 @@ def load_model_dir(path: str | os.PathLike, *, expected_config: FeatureConfig | 
     except Exception as error:  # Keras raises many types for bad archives; all mean "cannot load"
         raise ModelLoadError(f"{path / MODEL_FILE}: cannot be loaded safely: {type(error).__name__}: {error}") \
             from error
-    problem = _signature_problem(model, config)
+    problem = _signature_problem(model, config, metadata["labels"])
     if problem:
         raise ModelLoadError(f"{path / MODEL_FILE}: {problem}")
     return MscModel(model, config, metadata)

@@ -2,20 +2,20 @@
 
 How a file's segments are made (:func:`segment_timeline`)
 ---------------------------------------------------------
-1. **Windows stand for their centres.** Each window's [speech, music]
-   probabilities are placed at the centre of its real audio, and the music
-   probability of every 10-ms frame is interpolated linearly between the
-   centres (held flat before the first and after the last).
+1. **Windows stand for their centres.** Each window's content class
+   probabilities (speech, music, speech over music, noise) are placed at the
+   centre of its real audio, and every 10-ms frame's are interpolated linearly
+   between the centres (held flat before the first and after the last).
 2. **Silence by energy, no model** (:func:`silence_mask`): a frame is silent
    when its level is below ``absolute_db`` (dB re full scale, mean square) or
    more than ``relative_db`` below the file's loud level (its 90th
    percentile); silent runs shorter than ``min_silence_s`` are not silence.
 3. **Smoothing**: a Viterbi pass (``librosa.sequence.viterbi``) over the
-   three states speech, music and silence, with self-loops that make a change
+   states (the content classes and silence), with self-loops that make a change
    cost about ``expected_s`` seconds of evidence, then a minimum-duration
-   pass: the shortest run under its minimum (``min_content_s`` for speech and
-   music, ``min_silence_s`` for silence) joins its longer neighbour, until none is left.
-4. **Boundary refinement** from frame cues: each speech/music boundary moves to
+   pass: the shortest run under its minimum (``min_content_s`` for content
+   classes, ``min_silence_s`` for silence) joins its longer neighbour, until none is left.
+4. **Boundary refinement** from frame cues: each boundary between content classes moves to
    the frame, within the windows' spacing around it, where the mean log band
    spectrum of the ``novelty_s`` before and after differs most (a hard cut or
    the middle of a crossfade). Silence edges are already frame-exact.
@@ -35,16 +35,15 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
-from .config import LABELS
+from .config import CLASSES
 
 FRAME_S = 0.01
 """Frame step of cues and segments (s)."""
 
-SEGMENT_LABELS = (*LABELS, "silence")
-"""Labels a segment may carry: the model's classes, then ``"silence"`` (by energy)."""
+SEGMENT_LABELS = (*CLASSES, "silence")
+"""Labels a segment may carry: the content classes, then ``"silence"`` (by energy)."""
 
 _SILENCE = SEGMENT_LABELS.index("silence")
-_MUSIC = LABELS.index("music")
 _BAND_FFT = 256
 _BANDS = 8
 
@@ -239,14 +238,14 @@ def silence_mask(level_db: np.ndarray, params: SegmentParams = SegmentParams()) 
 
 def frame_probabilities(centre_s: np.ndarray, probs: np.ndarray, frames: int,
                         silent: np.ndarray | None = None) -> np.ndarray:
-    """Per-frame probabilities of speech, music and silence.
+    """Per-frame probabilities of each label of :data:`SEGMENT_LABELS`.
 
     Parameters
     ----------
     centre_s : np.ndarray, float, shape (W,)
         Centre of each window's real audio (s), increasing.
-    probs : np.ndarray, float, shape (W, 2)
-        [speech, music] probabilities of each window.
+    probs : np.ndarray, float, shape (W, len(CLASSES))
+        Content class probabilities of each window.
     frames : int
         Frames of :data:`FRAME_S` in the timeline.
     silent : np.ndarray of bool, shape (<= frames,) or None
@@ -254,15 +253,17 @@ def frame_probabilities(centre_s: np.ndarray, probs: np.ndarray, frames: int,
 
     Returns
     -------
-    np.ndarray, float64, shape (3, frames)
-        Columns sum to 1; the music probability is interpolated between window centres.
+    np.ndarray, float64, shape (len(SEGMENT_LABELS), frames)
+        Columns sum to 1; the class probabilities are interpolated between window centres.
     """
     times = (np.arange(frames) + 0.5) * FRAME_S
-    music = np.interp(times, np.asarray(centre_s, np.float64), np.asarray(probs, np.float64)[:, _MUSIC])
+    centre_s, probs = np.asarray(centre_s, np.float64), np.asarray(probs, np.float64)
+    content = np.stack([np.interp(times, centre_s, column) for column in probs.T])
+    content /= np.maximum(content.sum(axis=0), 1e-12)
     quiet = np.zeros(frames)
     if silent is not None:
         quiet[:min(frames, len(silent))] = np.where(silent[:frames], 0.999, 0.001)
-    return np.stack([(1 - music) * (1 - quiet), music * (1 - quiet), quiet])
+    return np.concatenate([content * (1 - quiet), quiet[None]])
 
 
 def smooth(probs: np.ndarray, params: SegmentParams = SegmentParams()) -> list[Run]:
@@ -270,7 +271,7 @@ def smooth(probs: np.ndarray, params: SegmentParams = SegmentParams()) -> list[R
 
     Parameters
     ----------
-    probs : np.ndarray, float, shape (3, F)
+    probs : np.ndarray, float, shape (S, F)
         :func:`frame_probabilities`.
     params : SegmentParams
 
@@ -301,7 +302,7 @@ def smooth(probs: np.ndarray, params: SegmentParams = SegmentParams()) -> list[R
 
 def refine_boundaries(runs: list[Run], bands: np.ndarray, probs: np.ndarray, *, radius_s: float,
                       params: SegmentParams = SegmentParams()) -> list[Run]:
-    """Move each speech/music boundary to the strongest spectral change near it (module docstring, step 4).
+    """Move each boundary between content classes to the strongest spectral change near it (module docstring, step 4).
 
     Parameters
     ----------
@@ -309,7 +310,7 @@ def refine_boundaries(runs: list[Run], bands: np.ndarray, probs: np.ndarray, *, 
         :func:`smooth`'s result.
     bands : np.ndarray, float, shape (F', 8)
         :attr:`FrameCues.bands`; frames past F' are not searched.
-    probs : np.ndarray, float, shape (3, F)
+    probs : np.ndarray, float, shape (S, F)
         The frame probabilities the confidences are taken from.
     radius_s : float
         Search this far on each side (s), never past the middle of a neighbouring run.
@@ -355,8 +356,8 @@ def segment_timeline(centre_s: np.ndarray, probs: np.ndarray, duration_s: float,
     ----------
     centre_s : np.ndarray, float, shape (W,), W >= 1
         Centre of each window's real audio (s), increasing.
-    probs : np.ndarray, float, shape (W, 2)
-        [speech, music] probabilities of each window.
+    probs : np.ndarray, float, shape (W, len(CLASSES))
+        Content class probabilities of each window.
     duration_s : float
         End of the timeline (s).
     cues : FrameCues or None
@@ -369,6 +370,9 @@ def segment_timeline(centre_s: np.ndarray, probs: np.ndarray, duration_s: float,
         Tiling ``[0, duration_s]``; inner boundaries on the 10-ms grid; labels
         from :data:`SEGMENT_LABELS`.
     """
+    if np.ndim(probs) != 2 or np.shape(probs)[1] != len(CLASSES):
+        raise ValueError(f"probs must be (windows, {len(CLASSES)}), one column per content class; "
+                         f"got {np.shape(probs)}")
     frames = max(1, int(np.ceil(round(duration_s / FRAME_S, 6))))
     silent = None if cues is None else silence_mask(cues.level_db, params)
     frame_probs = frame_probabilities(centre_s, probs, frames, silent)

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import FeatureConfig, msc_version
+from .config import LABELS, FeatureConfig, msc_version
 from .errors import CorruptShardError, FeatureConfigMismatchError, InputError
 from .storage import is_uri, resolve_filesystem, uri_prefix
 
@@ -285,8 +285,8 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
 
 
 def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str | None = None, batch_size: int = 8,
-               dense: bool = False, shuffle_seed: int | None = None, shuffle_buffer: int = 1024,
-               interleave_files: int = 8):
+               classes: Sequence[str] = LABELS, dense: bool = False, shuffle_seed: int | None = None,
+               shuffle_buffer: int = 1024, interleave_files: int = 8):
     """A ``tf.data.Dataset`` of labelled windows streamed from shards.
 
     Unlabelled rows are skipped. Memory stays bounded: shards are read in
@@ -302,6 +302,9 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
     split : {"train", "val", "test"} or None
         Keep only rows of this split (None: all).
     batch_size : int
+    classes : sequence of str
+        The model's classes: a label's index in it is the label given; rows of
+        other labels are an error.
     dense : bool
         False: codes, uint8 (B, n_mels, frames). True: the exact float32 model
         input (B, layers, n_mels, frames, 1) rebuilt with :func:`~msc_core.depth.decode_tf`.
@@ -318,18 +321,16 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
     Returns
     -------
     tf.data.Dataset
-        Elements ``(features, label)``; ``label`` int32 (B,), an index into
-        :data:`msc_core.config.LABELS`.
+        Elements ``(features, label)``; ``label`` int32 (B,), an index into ``classes``.
     """
     import tensorflow as tf
 
-    from .config import LABELS
     from .depth import decode_tf
 
     files = list_shards(paths)
     if shuffle_seed is not None:
         files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
-    label_index = pa.array(LABELS)
+    label_index = pa.array(classes)
 
     def generate(path: bytes) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in iter_batches([path.decode()], config, columns=("codes", "label"), filter_split=split,
@@ -338,7 +339,7 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
             if batch.num_rows:
                 labels = pc.index_in(batch.column("label"), value_set=label_index)
                 if labels.null_count:
-                    raise InputError(f"labels outside {LABELS} in {path.decode()}")
+                    raise InputError(f"labels outside {list(classes)} in {path.decode()}")
                 yield codes_from_arrow(batch.column("codes"), config), labels.to_numpy().astype(np.int32)
 
     signature = (tf.TensorSpec((None, *config.encoded_shape), tf.uint8), tf.TensorSpec((None,), tf.int32))

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .config import LABELS, FeatureConfig
+from .config import CLASSES, FeatureConfig
 from .errors import FeatureConfigMismatchError, InputError
 from .shards import iter_batches, read_feature_config
 
@@ -106,7 +106,7 @@ class ShardPlan:
     config : FeatureConfig
         Features of every file (all files must agree).
     counts : dict
-        ``{path: {split: [n_speech, n_music]}}`` for every file.
+        ``{path: {split: [windows of each class of CLASSES]}}`` for every file.
     """
 
     config: FeatureConfig
@@ -123,24 +123,37 @@ class ShardPlan:
             found = read_feature_config(path)
             if found.hash != config.hash:
                 raise FeatureConfigMismatchError(f"{path}: features {found.hash} differ from {paths[0]}'s {config.hash}")
-            counts[path] = {split: [0] * len(LABELS) for split in SPLITS}
+            counts[path] = {split: [0] * len(CLASSES) for split in SPLITS}
             for batch in iter_batches([path], config, columns=("label", "split")):
                 table = pa.Table.from_batches([batch]).group_by(["split", "label"]).aggregate([([], "count_all")])
                 for split, label, count in zip(*(table.column(c).to_pylist() for c in ("split", "label", "count_all"))):
-                    if split in SPLITS and label in LABELS:
-                        counts[path][split][LABELS.index(label)] += count
+                    if split in SPLITS and label in CLASSES:
+                        counts[path][split][CLASSES.index(label)] += count
         return cls(config, counts)
 
     def totals(self, split: str) -> np.ndarray:
-        """Labelled windows of ``split`` per class, int64 (2,) in LABELS order."""
+        """Labelled windows of ``split`` per class, int64 (len(CLASSES),) in CLASSES order."""
         return np.sum([per_file[split] for per_file in self.counts.values()], axis=0, dtype=np.int64)
 
-    def class_weights(self) -> np.ndarray:
-        """Balanced class weights ``n / (2 * n_c)`` over the train split, float32 (2,)."""
+    def classes(self) -> tuple[str, ...]:
+        """The classes the model learns: those with train windows, in CLASSES order (at least two).
+
+        Raises
+        ------
+        InputError
+            The train split holds windows of fewer than two classes.
+        """
         train = self.totals("train")
-        if np.any(train == 0):
-            raise InputError(f"the train split needs windows of both classes; it has {dict(zip(LABELS, train.tolist()))}")
-        return (train.sum() / (len(LABELS) * train)).astype(np.float32)
+        found = tuple(name for name, count in zip(CLASSES, train) if count)
+        if len(found) < 2:
+            raise InputError(f"the train split needs windows of at least two classes; it has "
+                             f"{dict(zip(CLASSES, train.tolist()))}")
+        return found
+
+    def class_weights(self) -> np.ndarray:
+        """Balanced class weights ``n / (C * n_c)`` over the train split, float32 (C,) for :meth:`classes`."""
+        train = self.totals("train")[[CLASSES.index(name) for name in self.classes()]]
+        return (train.sum() / (len(train) * train)).astype(np.float32)
 
     def assign(self, workers: int) -> list[list[str]]:
         """Files per worker, balancing train windows greedily (largest file to the lightest worker).
@@ -171,6 +184,117 @@ class ShardPlan:
         if smallest < batch_size:
             raise InputError(f"a worker gets only {smallest} train windows, fewer than one batch of {batch_size}")
         return smallest // batch_size
+
+
+# ---------------------------------------------------------------------------------------- a new head
+def pooled_features(model, paths: Sequence[str], *, split: str, classes: Sequence[str],
+                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled convolutional features of every labelled window of ``split`` (what the dense head reads).
+
+    Parameters
+    ----------
+    model : MscModel
+        Whose convolutions (:func:`msc_core.model.trunk`) compute the features.
+    paths : sequence of str
+        Shard files (:func:`msc_core.shards.list_shards`).
+    split : {"train", "val", "test"}
+    classes : sequence of str
+        Label order; rows of other labels are an error.
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    features : np.ndarray, float32, shape (N, widths[2])
+    labels : np.ndarray, int32, shape (N,)
+        Indices into ``classes``; N may be 0.
+    """
+    import pyarrow.compute as pc
+    import tensorflow as tf
+
+    from .model import trunk
+    from .shards import codes_from_arrow
+
+    convolutions = trunk(model.keras_model)
+    forward = tf.function(lambda codes: convolutions(codes, training=False),
+                          input_signature=[tf.TensorSpec((None, *model.config.encoded_shape), tf.uint8)])
+    features, labels = [], []
+    for batch in iter_batches(list(paths), model.config, columns=("codes", "label"), filter_split=split,
+                              batch_rows=batch_size):
+        batch = batch.filter(pc.is_valid(batch.column("label")))
+        index = pc.index_in(batch.column("label"), value_set=pa.array(list(classes)))
+        if index.null_count:
+            raise InputError(f"labels outside {list(classes)} in the {split} split")
+        if batch.num_rows:
+            features.append(forward(codes_from_arrow(batch.column("codes"), model.config)).numpy())
+            labels.append(index.to_numpy().astype(np.int32))
+    if not features:
+        return np.zeros((0, convolutions.output_shape[-1]), np.float32), np.zeros(0, np.int32)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def fit_head(model, *, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+             classes: Sequence[str], settings: TrainSettings = TrainSettings()):
+    """A model with ``model``'s convolutions and a dense head learnt anew for ``classes`` (transfer learning).
+
+    The convolutions stay frozen; the head keeps the paper's shape (dropout .4,
+    two ReLU dense layers with dropout .5, a softmax, now over ``len(classes)``),
+    its hidden layers start from ``model``'s, and so do the softmax weights of
+    the classes ``model`` knows (the others start at random). It learns from the pooled
+    features of :func:`pooled_features` with Adam, balanced class weights (when
+    ``settings.balance_classes``) and early stopping on the validation loss
+    (``settings.early_stopping_patience`` epochs; the best epoch's weights are kept).
+
+    Parameters
+    ----------
+    model : MscModel
+        The model whose convolutions are kept.
+    train, val : tuple of (np.ndarray float32 (N, D), np.ndarray int32 (N,))
+        Pooled features and class indices.
+    classes : sequence of str
+        The classes of the new softmax, in order.
+    settings : TrainSettings
+        ``epochs``, ``batch_size``, ``learning_rate``, ``early_stopping_patience``,
+        ``balance_classes`` and ``seed`` are used.
+
+    Returns
+    -------
+    keras.Model
+        uint8 codes -> (B, len(classes)), as :func:`msc_core.model.build_model` builds it.
+    history : dict
+        Per-epoch ``loss``, ``val_loss``, ``accuracy`` and ``val_accuracy``, and ``best_epoch`` (1-based).
+    """
+    import keras
+
+    from .model import build_model, head
+
+    keras.utils.set_random_seed(settings.seed)
+    base = model.keras_model
+    widths = tuple(layer.filters for layer in base.get_layer("cnn").layers if isinstance(layer, keras.layers.Conv3D))
+    dense = tuple(layer.units for layer in head(base) if isinstance(layer, keras.layers.Dense))[:-1]
+    full = build_model(model.config, widths=widths, dense=dense, outputs=len(classes), seed=settings.seed)
+    for new, old in zip(full.get_layer("cnn").layers[:-1], base.get_layer("cnn").layers[:-1]):  # all but the softmax
+        new.set_weights(old.get_weights())
+    (kernel, bias), (old_kernel, old_bias) = head(full)[-1].get_weights(), head(base)[-1].get_weights()
+    for column, name in enumerate(model.labels):
+        if name in classes:
+            kernel[:, classes.index(name)], bias[classes.index(name)] = old_kernel[:, column], old_bias[column]
+    head(full)[-1].set_weights([kernel, bias])
+    layers = head(full)
+    learner = keras.Sequential([keras.Input((widths[-1],)), *layers])
+    counts = np.bincount(train[1], minlength=len(classes))
+    if np.any(counts == 0):
+        raise InputError(f"the train split needs windows of every class; it has {dict(zip(classes, counts.tolist()))}")
+    weights = (counts.sum() / (len(classes) * counts)) if settings.balance_classes else np.ones(len(classes))
+    learner.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(patience=settings.early_stopping_patience, min_delta=settings.min_delta,
+                                         restore_best_weights=True)
+    result = learner.fit(*train, validation_data=val, epochs=settings.epochs, batch_size=settings.batch_size,
+                         class_weight=dict(enumerate(weights.tolist())), callbacks=[stop], verbose=0, shuffle=True)
+    history = {name: [float(value) for value in values] for name, values in result.history.items()}
+    history["best_epoch"] = int(np.argmin(history["val_loss"])) + 1
+    return full, history
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -317,7 +441,7 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
         worker must give the same number of batches of ``settings.batch_size``.
     val_data : callable() -> tf.data.Dataset
         This worker's share of the validation windows (any number of batches).
-    class_weights : np.ndarray, float32, shape (2,)
+    class_weights : np.ndarray, float32, shape (C,)
         Weight of each class in the training loss.
     restore : Checkpoint or None
         Continue from this checkpoint.
@@ -339,7 +463,7 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
     global_batch = settings.batch_size * workers
     with strategy.scope():
         model = build_model(config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum,
-                            seed=settings.seed)
+                            outputs=len(class_weights), seed=settings.seed)
         optimizer = keras.optimizers.Adam(settings.learning_rate)
         optimizer.build(model.trainable_variables)
     class_weight_table = tf.constant(class_weights, tf.float32)

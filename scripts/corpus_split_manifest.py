@@ -1,6 +1,6 @@
 """Write a manifest of the training corpus that holds out whole source packages.
 
-Usage: python scripts/corpus_split_manifest.py CORPUS_DIR OUT.csv
+Usage: python scripts/corpus_split_manifest.py CORPUS_DIR OUT.csv [--classes speech,music]
 
 Validation and test hold packages (sources) that training never sees, so the
 scores estimate accuracy on recordings from unseen sources. Groups (tracks,
@@ -11,7 +11,7 @@ packages that share a voice (Asterisk en/es) and the two grouped by language
 Reads either corpus: v2 from ``scripts/corpus/build.sh`` (column ``source``;
 codec copies keep the source and group of the clip they were made from, so
 they land in its split) or the first one (column ``source_package``). The
-model's classes (:data:`msc_core.config.CLASSES`) are kept; ``silence`` clips
+model's classes (:data:`msc_core.config.CLASSES`, or those of ``--classes``) are kept; ``silence`` clips
 are left out (silence is found by energy, not by the model). A speech-over-music
 mix (source ``speech+music``) goes to the held-out split of either of its
 packages, test first: its music bed is then one training never heard, while its
@@ -20,7 +20,7 @@ voice may be one of training's (every mixing voice is a training package).
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -41,11 +41,17 @@ def split_of(source: str) -> str:
     return next((split for split in ("test", "val") if split in splits), "train")
 
 
-def main(corpus: str, out: str) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("corpus")
+    parser.add_argument("out")
+    parser.add_argument("--classes", default=",".join(CLASSES), help="labels to keep (default: every model class)")
+    args = parser.parse_args()
+    corpus, out = args.corpus, args.out
     table = pd.read_csv(Path(corpus) / "manifest.csv")
     if "source_package" not in table.columns:
         table["source_package"] = table["source"]
-    table = table[table["label"].isin(CLASSES)].copy()
+    table = table[table["label"].isin(args.classes.split(",")) & table["label"].isin(CLASSES)].copy()
     table["split"] = table["source_package"].map(split_of)
     table["path"] = [str((Path(corpus) / path).resolve()) for path in table["path"]]
     table[["path", "label", "group", "split"]].to_csv(out, index=False)
@@ -54,4 +60,4 @@ def main(corpus: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

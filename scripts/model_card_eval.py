@@ -76,6 +76,7 @@ from msc_core.augment import add_noise, apply_gain, band_limit  # noqa: E402
 from msc_core.config import LABELS, FeatureConfig, require_same_features  # noqa: E402
 from msc_core.depth import featurize  # noqa: E402
 from msc_core.evaluation import Evaluation  # noqa: E402
+from msc_core.labelling import class_probs  # noqa: E402
 from msc_core.shards import codes_from_arrow, iter_batches, list_shards, read_feature_config  # noqa: E402
 
 MUSIC, SPEECH = LABELS.index("music"), LABELS.index("speech")
@@ -425,9 +426,9 @@ def evaluation_of(split: str, model_id: str, audio: AudioSet, p_music: np.ndarra
     p_music = np.asarray(p_music, np.float32)
     predicted = (p_music > 0.5).astype(np.int64)
     wrong = [{"path": audio.paths[i], "start_s": audio.start_s[i], "true": LABELS[audio.labels[i]],
-              "predicted": LABELS[predicted[i]], "p_music": float(p_music[i])}
+              "predicted": LABELS[predicted[i]], "p_predicted": float(max(p_music[i], 1 - p_music[i]))}
              for i in np.flatnonzero(predicted != audio.labels)] if audio.paths else []
-    return Evaluation(split, model_id, audio.labels, p_music, wrong)
+    return Evaluation(split, model_id, LABELS, audio.labels, np.stack([1 - p_music, p_music], axis=1), wrong)
 
 
 def recall_on(audio: AudioSet, p_music: np.ndarray) -> float:
@@ -450,7 +451,7 @@ def cpu_note() -> dict:
 
 
 def timed_predict(model, codes: np.ndarray, batch_size: int) -> tuple[np.ndarray, dict]:
-    """``model.predict_codes`` on ``codes`` after a warm-up call; p_music and the speed it ran at."""
+    """``model.predict_codes`` on ``codes`` after a warm-up call; p_music (the binary view) and the speed it ran at."""
     model.predict_codes(codes[: min(len(codes), 2)], batch_size=batch_size)   # trace the graph once
     load_before = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -459,7 +460,7 @@ def timed_predict(model, codes: np.ndarray, batch_size: int) -> tuple[np.ndarray
     speed = {"windows": int(len(codes)), "seconds": round(wall, 3), "windows_per_s": len(codes) / wall,
              "process_cpu_s_per_wall_s": round(cpu / wall, 2), "batch_size": batch_size,
              "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
-    return probs[:, MUSIC], speed
+    return class_probs(probs, model.labels, view="binary")[:, MUSIC], speed
 
 
 def fit_baseline(train_mfcc: np.ndarray, train_labels: np.ndarray):
@@ -649,7 +650,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in models.items():
         log(f"{name}: predicting {len(codes)} {args.split} windows (timed), then the probes")
         p_split, speed = timed_predict(model, codes, args.batch_size)
-        probes = {n: model.predict_codes(sets[n].codes, batch_size=args.batch_size)[:, MUSIC] for n in probe_names}
+        probes = {n: class_probs(model.predict_codes(sets[n].codes, batch_size=args.batch_size), model.labels,
+                                 view="binary")[:, MUSIC] for n in probe_names}
         result["models"][name] = score(out, args.split, name, model.model_id, p_split, probes, speed, sets,
                                        widths=model.metadata.get("widths"), source=model.metadata.get("source"))
     speed = {"windows": len(codes), "seconds": round(baseline_seconds, 3),

@@ -17,29 +17,30 @@ from msc_core.model import apply_temperature, load_model_dir, set_temperature
 
 
 def _overconfident(temperature: float, size: int = 4000):
-    """Labels and p_music of a calibrated source, then sharpened by 1/temperature."""
+    """Labels and (N, 3) probabilities of a calibrated source, then sharpened by 1/temperature."""
     rng = np.random.default_rng(0)
-    p_true = rng.uniform(0.05, 0.95, size)
-    labels = (rng.uniform(size=size) < p_true).astype(np.int64)
-    probs = np.stack([1 - p_true, p_true], axis=-1)
-    return labels, apply_temperature(probs, temperature)[:, 1]
+    calibrated = rng.dirichlet([1.0, 1.0, 1.0], size)
+    labels = np.array([rng.choice(3, p=row) for row in calibrated])
+    return labels, apply_temperature(calibrated, temperature)
 
 
 def test_fit_temperature_undoes_a_known_sharpening():
-    labels, p_music = _overconfident(0.5)
-    fitted = fit_temperature(labels, p_music)
+    labels, probs = _overconfident(0.5)
+    fitted = fit_temperature(labels, probs)
     assert fitted == pytest.approx(2.0, rel=0.15)
-    repaired = apply_temperature(np.stack([1 - p_music, p_music], axis=-1), fitted)[:, 1]
-    assert expected_calibration_error(labels, repaired) < expected_calibration_error(labels, p_music) / 2
-    assert log_loss(labels, repaired) < log_loss(labels, p_music)
-    np.testing.assert_array_equal(repaired > 0.5, p_music > 0.5)
+    repaired = apply_temperature(probs, fitted)
+    assert expected_calibration_error(labels, repaired) < expected_calibration_error(labels, probs) / 2
+    assert log_loss(labels, repaired) < log_loss(labels, probs)
+    np.testing.assert_array_equal(repaired.argmax(axis=1), probs.argmax(axis=1))
 
 
 def test_metrics_on_perfect_and_wrong_answers():
     labels = np.array([0, 1, 1, 0])
-    assert expected_calibration_error(labels, np.array([0.0, 1.0, 1.0, 0.0])) == 0.0
-    assert expected_calibration_error(labels, np.array([1.0, 0.0, 0.0, 1.0])) == 1.0
-    assert log_loss(labels, np.array([0.5] * 4)) == pytest.approx(np.log(2))
+    music = np.array([0.0, 1.0, 1.0, 0.0])
+    assert expected_calibration_error(labels, np.stack([1 - music, music], axis=1)) == 0.0
+    assert expected_calibration_error(labels, np.stack([music, 1 - music], axis=1)) == 1.0
+    assert log_loss(labels, np.full((4, 2), 0.5)) == pytest.approx(np.log(2))
+    assert log_loss(np.array([2]), np.array([[0.25, 0.25, 0.5]])) == pytest.approx(np.log(2))
 
 
 def test_temperature_in_a_model_directory_changes_confidences_not_labels(model_dir, tmp_path):

@@ -74,8 +74,10 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     assert "empty file" in by_path.loc[str(root / "g_empty.wav"), "error"]
 
     ok = predictions[predictions.status == "ok"]
-    assert set(ok["label"]) <= {"music", "speech", "silence"} and ok["error"].isna().all()
-    np.testing.assert_allclose(ok["p_music"] + ok["p_speech"], 1, atol=1e-5)
+    assert set(ok["label"]) <= {"music", "speech", "speech_over_music", "noise", "silence"}
+    assert ok["error"].isna().all()
+    np.testing.assert_allclose(ok[["p_speech", "p_music", "p_speech_over_music", "p_noise"]].sum(axis=1), 1,
+                               atol=1e-5)
     silence = by_path.loc[str(root / "j_silence.wav")]
     assert silence["label"] == "silence" and silence["silence_s"] == silence["duration_s"] == 8.0
     assert (ok["model_id"].str.startswith("trained-")).all() and (ok["feature_hash"] == PAPER.hash).all()
@@ -85,8 +87,9 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     # windows.parquet agrees with the per-file rows
     per_file = windows.groupby("path")
     assert per_file.size().to_dict() == ok.set_index("path")["windows"].to_dict()
-    np.testing.assert_allclose(per_file["p_music"].mean().sort_index(), ok.set_index("path")["p_music"].sort_index(),
-                               rtol=1e-6)
+    for column in ("p_music", "p_noise"):
+        np.testing.assert_allclose(per_file[column].mean().sort_index(), ok.set_index("path")[column].sort_index(),
+                                   rtol=1e-6, atol=1e-9)
     assert (windows["end_s"] > windows["start_s"]).all()
 
     # segments tile every ok file end to end

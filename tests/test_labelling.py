@@ -8,9 +8,9 @@ import pytest
 from msc_core import synth
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
-from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, dominant_label, featurize_file,
-                                format_label, label_array, label_dict, label_file, label_tables, load_model,
-                                segments_of, window_config)
+from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, class_probs, dominant_label,
+                                featurize_file, format_label, label_array, label_dict, label_file, label_tables,
+                                load_model, segments_of, window_config)
 from msc_core.model import MscModel, build_model
 from tests.conftest import write_audio
 
@@ -18,13 +18,18 @@ from tests.conftest import write_audio
 @pytest.fixture(scope="module")
 def tiny_model() -> MscModel:
     """An untrained small model: enough to check plumbing, not labels."""
-    return MscModel(build_model(PAPER, widths=(2, 2, 2), dense=(4, 4), seed=0), PAPER, {"model_id": "tiny"})
+    return MscModel(build_model(PAPER, widths=(2, 2, 2), dense=(4, 4), seed=0), PAPER, {"model_id": "tiny", "labels": ["speech", "music"]})
+
+
+def binary(probs: np.ndarray) -> np.ndarray:
+    """[speech, music] window probabilities spread over the content classes."""
+    return class_probs(probs, ("speech", "music"))
 
 
 def test_segments_stand_for_window_centres_and_tile_the_file():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
     start = np.arange(5) * 5.0
-    segments = segments_of(start, np.minimum(start + 5, 23.5), probs, 23.5)
+    segments = segments_of(start, np.minimum(start + 5, 23.5), binary(probs), 23.5)
     # centres 2.5, 7.5, 12.5, 17.5, 21.75 (the last window holds 3.5 s of audio); the music probability,
     # interpolated between them, crosses 0.5 at 10.5 s and 19.625 s
     assert [s.label for s in segments] == ["speech", "music", "speech"]
@@ -35,14 +40,15 @@ def test_segments_stand_for_window_centres_and_tile_the_file():
 
 
 def test_aggregate_means_windows_and_labels_by_dominant_segment():
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    probs = class_probs(np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), ("speech", "music"))
     label = aggregate("a.wav", start_s=np.array([0.0, 5, 10]), end_s=np.array([5.0, 10, 12]), duration_s=12.0,
                       probs=probs, model_id="m", feature_hash="h")
     assert label.label == "music"
-    assert label.p_music == pytest.approx(1.6 / 3) and label.p_speech == pytest.approx(1.4 / 3)
+    assert label.probability("music") == pytest.approx(1.6 / 3) and label.probability("speech") == pytest.approx(1.4 / 3)
+    assert label.probability("noise") == label.fraction("noise") == label.seconds("noise") == 0
     music = [s for s in label.segments if s.label == "music"]
     assert label.confidence == pytest.approx(music[0].confidence) and len(music) == 1
-    assert label.music_fraction == pytest.approx(2 / 3) and label.speech_fraction == pytest.approx(1 / 3)
+    assert label.fraction("music") == pytest.approx(2 / 3) and label.fraction("speech") == pytest.approx(1 / 3)
     assert label.windows == 3 and label.status == "ok" and label.error is None
     assert [s.label for s in label.segments] == ["speech", "music"]
     assert label.segments[-1].end_s == 12.0
@@ -74,7 +80,7 @@ def test_silence_is_labelled_silence_not_speech_or_music(tmp_path, tiny_model):
 
 def test_tables_hold_one_row_per_file_window_and_segment():
     ok = aggregate("a.wav", start_s=np.array([0.0, 5]), end_s=np.array([5.0, 7]), duration_s=7.0,
-                   probs=np.array([[0.6, 0.4], [0.1, 0.9]]), model_id="m", feature_hash="h")
+                   probs=binary(np.array([[0.6, 0.4], [0.1, 0.9]])), model_id="m", feature_hash="h")
     failed = FileLabel.failed("b.wav", "b.wav: empty file (0 bytes)", model_id="m", feature_hash="h")
     predictions, windows, segments = label_tables([ok, failed])
     assert predictions["path"].to_pylist() == ["a.wav", "b.wav"]
@@ -102,7 +108,7 @@ def test_label_file_and_array_agree(tmp_path, tiny_model):
     from_file = label_file(path, tiny_model, hop_s=2.5)
     from_array = label_array(samples, 22050, tiny_model, hop_s=2.5)
     assert from_file.windows == from_array.windows == 3
-    np.testing.assert_allclose(from_file.window_p_music, from_array.window_p_music, rtol=1e-5)
+    np.testing.assert_allclose(from_file.window_probs, from_array.window_probs, rtol=1e-5, atol=1e-7)
     assert from_file.segments[0].start_s == 0 and from_file.segments[-1].end_s == pytest.approx(8.0)
     assert set(label_dict(from_file)) >= {"path", "label", "confidence", "segments"}
 
@@ -124,7 +130,8 @@ def test_load_model_without_default_is_clear():
 
 def test_a_truncated_file_is_flagged_and_its_segments_stop_at_the_cut():
     label = aggregate("long.wav", start_s=np.array([0.0, 5.0]), end_s=np.array([5.0, 10.0]), duration_s=40.0,
-                      probs=np.array([[0.9, 0.1], [0.2, 0.8]]), model_id="m", feature_hash="h", truncated_at_s=10.0)
+                      probs=binary(np.array([[0.9, 0.1], [0.2, 0.8]])), model_id="m", feature_hash="h",
+                      truncated_at_s=10.0)
     predictions, _, segments = label_tables([label, FileLabel.failed("bad.wav", "broken", model_id="m",
                                                                      feature_hash="h")])
     assert predictions.select(["truncated", "truncated_at_s", "duration_s"]).to_pylist() == [
@@ -136,9 +143,36 @@ def test_a_truncated_file_is_flagged_and_its_segments_stop_at_the_cut():
 
 def test_predictions_give_the_seconds_of_each_segment_label():
     label = aggregate("a.wav", start_s=np.array([0.0, 5, 10]), end_s=np.array([5.0, 10, 12]), duration_s=12.0,
-                      probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), model_id="m", feature_hash="h")
+                      probs=binary(np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])), model_id="m", feature_hash="h")
     predictions, _, _ = label_tables([label, FileLabel.failed("b.wav", "broken", model_id="m", feature_hash="h")])
     rows = predictions.select(["speech_s", "music_s", "silence_s"]).to_pylist()
     assert rows[0]["speech_s"] + rows[0]["music_s"] == pytest.approx(12.0) and rows[0]["silence_s"] == 0.0
     assert rows[0]["speech_s"] == pytest.approx(label.segments[0].end_s)
     assert rows[1] == {"speech_s": None, "music_s": None, "silence_s": None}
+
+
+def test_class_probs_spreads_a_models_classes_and_gives_the_binary_view():
+    probs = np.array([[0.1, 0.2, 0.6, 0.1], [0.0, 0.0, 0.0, 1.0]])
+    classes = ("speech", "music", "speech_over_music", "noise")
+    np.testing.assert_array_equal(class_probs(probs, classes), probs)
+    binary = class_probs(probs, classes, view="binary")
+    np.testing.assert_allclose(binary, [[0.7 / 0.9, 0.2 / 0.9, 0, 0], [0.5, 0.5, 0, 0]])
+    np.testing.assert_allclose(class_probs(np.array([[0.3, 0.7]]), ("speech", "music")), [[0.3, 0.7, 0, 0]])
+    np.testing.assert_allclose(class_probs(np.array([[0.2, 0.8]]), ("speech", "noise"), view="binary"),
+                               [[1, 0, 0, 0]])
+
+
+def test_speech_over_music_and_noise_get_segments_seconds_and_fractions():
+    probs = np.repeat(np.eye(4)[[2, 3, 1]], 4, axis=0) * 0.9 + 0.025   # 4 windows each: over music, noise, music
+    start = np.arange(12) * 5.0
+    label = aggregate("show.wav", start_s=start, end_s=start + 5, duration_s=60.0, probs=probs, model_id="m",
+                      feature_hash="h")
+    assert [s.label for s in label.segments] == ["speech_over_music", "noise", "music"]
+    assert [s.end_s for s in label.segments[:2]] == pytest.approx([20.0, 40.0], abs=0.05)
+    assert label.label == "music"   # a tie of seconds goes to the first class in CLASSES order
+    row = label.row()
+    assert row["speech_over_music_s"] == pytest.approx(20, abs=0.05) and row["noise_s"] == pytest.approx(20, abs=0.05)
+    assert row["noise_fraction"] == row["music_fraction"] == pytest.approx(1 / 3) and row["speech_fraction"] == 0
+    assert row["p_noise"] == pytest.approx(0.925 / 3 + 0.025 * 2 / 3)
+    _, windows, _ = label_tables([label])
+    np.testing.assert_allclose(windows["p_speech_over_music"].to_numpy()[:4], 0.925)

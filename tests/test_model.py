@@ -256,10 +256,15 @@ def test_load_refuses_bad_calibration_temperatures(trained_dir, tmp_path, temper
 def test_load_refuses_bad_metadata_types(trained_dir, tmp_path):
     broken = tampered(trained_dir, tmp_path)
     metadata = json.loads((broken / "model.json").read_text())
-    for bad in ({"model_id": 7}, {"widths": [4, -8, 8]}, {"dense": "big"}):
+    for bad in ({"model_id": 7}, {"widths": [4, -8, 8]}, {"dense": "big"}, {"labels": ["music", "speech"]},
+                {"labels": ["speech", "laughter"]}, {"labels": ["speech"]}):
         (broken / "model.json").write_text(json.dumps({**metadata, **bad}))
-        with pytest.raises(ModelLoadError, match="model_id|widths|dense"):
+        with pytest.raises(ModelLoadError, match="model_id|widths|dense|labels must be"):
             load_model_dir(broken)
+    # labels the model's outputs do not match: the archive has 2 outputs
+    (broken / "model.json").write_text(json.dumps({**metadata, "labels": ["speech", "music", "noise"]}))
+    with pytest.raises(ModelLoadError, match=r"expected \(None, 3\)"):
+        load_model_dir(broken)
 
 
 def test_load_refuses_huge_declared_layers_before_building_them(trained_dir, tmp_path):

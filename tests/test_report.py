@@ -21,7 +21,7 @@ from matplotlib.colors import to_rgb
 
 from jobs.cli import main
 from msc_core.config import LABELS, PAPER
-from msc_core.labelling import FileLabel, aggregate, label_tables
+from msc_core.labelling import FileLabel, aggregate, class_probs, label_tables
 from msc_core.report import (METADATA_KEY, REPORT_FILE, SUMMARY_FILE, RunSummary, csv_table, finish_run,
                              label_colours, model_facts, model_info_lines, read_summary, round_significant,
                              write_report)
@@ -35,7 +35,7 @@ def synthetic_label(path: str, seconds: float, *, seed: int, music_share: float)
     starts = np.arange(0.0, seconds, 5.0)
     runs = np.repeat(rng.random(len(starts) // 20 + 1) < music_share, 20)[: len(starts)]
     p_music = np.clip(np.where(runs, 0.9, 0.1) + rng.normal(0, 0.08, len(starts)), 0.001, 0.999)
-    probs = np.stack([1 - p_music, p_music], axis=1)[:, [LABELS.index("speech"), LABELS.index("music")]]
+    probs = class_probs(np.stack([1 - p_music, p_music], axis=1), LABELS)
     return aggregate(path, start_s=starts, end_s=np.minimum(starts + 5.0, seconds), duration_s=seconds,
                      probs=probs, model_id="trained-test", feature_hash=PAPER.hash)
 

@@ -79,7 +79,7 @@ def test_infer_and_predict_from_and_to_s3(s3_server, model_dir, tmp_path):
     for uri, path in local.items():  # the same numbers as labelling the local copy in-process
         expected = label_file(str(path), model)
         assert by_path.loc[uri, "status"] == "ok" and by_path.loc[uri, "windows"] == expected.windows
-        assert by_path.loc[uri, "p_music"] == pytest.approx(expected.p_music, abs=1e-5)
+        assert by_path.loc[uri, "p_music"] == pytest.approx(expected.probability("music"), abs=1e-5)
     windows = read_table(bucket, "labels/out/windows.parquet")
     assert windows.groupby("path").size().to_dict() == by_path["windows"][by_path["status"] == "ok"].to_dict()
     segments = read_table(bucket, "labels/out/segments.parquet")

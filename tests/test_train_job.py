@@ -144,3 +144,33 @@ def test_evaluate_the_imported_paper_model(paper_model_dir, tmp_path):
     assert summary["windows"] == 4 and summary["model_id"].startswith("paper-import-")
     small = write_synthetic_shards(tmp_path / "small", SMALL, files=1, splits={"test": 2})
     assert cli.main(["evaluate", str(tmp_path / "paper-model"), str(small), "--out", str(tmp_path / "no")]) == 2
+
+
+def test_head_from_learns_the_shards_classes_over_a_models_convolutions(ray_local, dataset, tmp_path):
+    import keras
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from msc_core.model import build_model, load_model_dir, save_model_dir, trunk
+    from msc_core.shards import list_shards, write_atomic
+
+    three = tmp_path / "three"
+    (three / "shards").mkdir(parents=True)
+    for index, path in enumerate(list_shards(str(dataset))):   # every 3rd window of each file relabelled noise
+        table = pq.read_table(path)
+        noise = pc.equal(pc.bit_wise_and(pa.array(np.arange(table.num_rows)), 3), 0)
+        table = table.set_column(table.schema.get_field_index("label"), "label",
+                                 pc.if_else(noise, "noise", table["label"]))
+        write_atomic(table, str(three / "shards" / f"part-{index:05d}.parquet"))
+    base = save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, seed=0), SMALL, tmp_path / "base", source="trained")
+    assert cli.main(["train", str(three), "--out", str(tmp_path / "model"), "--head-from", str(tmp_path / "base"),
+                     "--epochs", "3", "--batch-size", "16", "-q"]) == 0
+    model = load_model_dir(tmp_path / "model")
+    assert model.labels == ("speech", "music", "noise") and model.metadata["extra"]["head_from"] == base.model_id
+    assert MODEL_FILES <= {p.name for p in (tmp_path / "model").iterdir()}
+    summary = json.loads((tmp_path / "model" / "evaluation.json").read_text())
+    assert summary["confusion_matrix"]["labels"] == ["speech", "music", "noise"] and summary["windows"] == 24
+    for kept, learnt in zip(trunk(base.keras_model).weights, trunk(model.keras_model).weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(kept), keras.ops.convert_to_numpy(learnt))
+    assert len(read_history(tmp_path / "model")) <= 3

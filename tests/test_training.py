@@ -59,7 +59,8 @@ def test_plan_counts_balances_and_sizes_epochs(dataset):
     paths = list_shards(str(dataset))
     plan = ShardPlan.scan(paths)
     assert plan.config.hash == SMALL.hash
-    assert plan.totals("train").tolist() == [12, 12] and plan.totals("val").tolist() == [6, 6]
+    assert plan.totals("train").tolist() == [12, 12, 0, 0] and plan.totals("val").tolist() == [6, 6, 0, 0]
+    assert plan.classes() == ("speech", "music")
     np.testing.assert_allclose(plan.class_weights(), [1, 1])
     parts = plan.assign(2)
     assert sorted(sum(parts, [])) == paths and all(parts)
@@ -77,7 +78,7 @@ def test_plan_weights_imbalanced_classes_and_refuses_mixed_features(tmp_path):
     skewed = write_synthetic_shards(tmp_path / "skewed", files=1, music_share=0.25,
                                     splits={"train": 8, "val": 1, "test": 1})
     plan = ShardPlan.scan(list_shards(str(skewed)))
-    speech, music = plan.totals("train")
+    speech, music = plan.totals("train")[:2]
     assert (speech, music) == (6, 2)
     np.testing.assert_allclose(plan.class_weights(), [8 / 12, 8 / 4])
     other = write_synthetic_shards(tmp_path / "other", FeatureConfig(n_mels=16, window_seconds=1.0, frames=43),
@@ -145,8 +146,9 @@ def test_metrics_agree_with_scikit_learn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
     p_music = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1).round(2).astype(np.float32)  # with ties
-    summary = Evaluation("test", "m", labels, p_music, []).summary()
-    predicted = (p_music > 0.5).astype(int)
+    probs = np.stack([1 - p_music, p_music], axis=1)
+    summary = Evaluation("test", "m", ("speech", "music"), labels, probs, []).summary()
+    predicted = np.argmax(probs, axis=1)
     assert summary["confusion_matrix"]["counts"] == confusion_matrix(labels, predicted).tolist()
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted)
     for index, label in enumerate(("speech", "music")):
@@ -174,9 +176,38 @@ def test_evaluate_shards_writes_every_file(dataset, tmp_path):
                      "history.csv", "training_curves.png"}
     assert summary["windows"] == 12 and json.loads((tmp_path / "eval" / "evaluation.json").read_text()) == summary
     wrong = (tmp_path / "eval" / "misclassified.csv").read_text().splitlines()
-    assert wrong[0] == "path,start_s,true,predicted,p_music"
+    assert wrong[0] == "path,start_s,true,predicted,p_predicted"
     assert len(wrong) - 1 == sum(summary["confusion_matrix"]["counts"][i][1 - i] for i in range(2))
     for row in evaluation.misclassified:
         assert row["path"].startswith("synth/") and row["true"] in row["path"] and row["start_s"] >= 6.0
     with pytest.raises(InputError, match="no labelled windows"):
         evaluate_shards(model, list_shards(str(dataset)), split="nonexistent")
+
+
+def test_a_new_head_learns_new_classes_over_frozen_convolutions(dataset, tmp_path):
+    import keras
+
+    from msc_core.model import build_model, head, load_model_dir, save_model_dir, trunk
+    from msc_core.shards import list_shards
+    from msc_core.training import TrainSettings, fit_head, pooled_features
+
+    base = save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, seed=0), SMALL, tmp_path / "base", source="trained")
+    classes = ("speech", "music", "noise")
+    train = pooled_features(base, list_shards(str(dataset)), split="train", classes=classes)
+    assert train[0].shape == (24, SMALL_WIDTHS[-1]) and set(train[1]) == {0, 1}
+    rng = np.random.default_rng(0)   # three separable clouds of pooled features stand in for the three classes
+    centres = rng.normal(0, 1, (3, SMALL_WIDTHS[-1])).astype(np.float32)
+    labels = np.repeat(np.arange(3, dtype=np.int32), 40)
+    features = centres[labels] + rng.normal(0, 0.05, (120, SMALL_WIDTHS[-1])).astype(np.float32)
+    full, history = fit_head(base, train=(features, labels), val=(features, labels), classes=classes,
+                             settings=TrainSettings(epochs=60, batch_size=16, learning_rate=1e-2,
+                                                    early_stopping_patience=60))
+    assert full.output_shape == (None, 3) and 1 <= history["best_epoch"] <= len(history["loss"]) == 60
+    for kept, learnt in zip(trunk(base.keras_model).weights, trunk(full).weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(kept), keras.ops.convert_to_numpy(learnt))
+    head_only = keras.Sequential([keras.Input((SMALL_WIDTHS[-1],)), *head(full)])
+    assert np.mean(head_only.predict(features, verbose=0).argmax(axis=1) == labels) > 0.95
+    save_model_dir(full, SMALL, tmp_path / "new", source="trained", labels=classes)
+    assert load_model_dir(tmp_path / "new").labels == classes
+    with pytest.raises(InputError, match="every class"):
+        fit_head(base, train=(features[:80], labels[:80]), val=(features, labels), classes=classes)
