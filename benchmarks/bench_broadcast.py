@@ -74,10 +74,10 @@ print(json.dumps({path: [(names.get(label, label), start, end) for label, start,
 
 
 # ---------------------------------------------------------------------------------------- programmes
-def held_out_clips(corpus: Path, split_manifest: Path) -> dict[str, list[str]]:
-    """The test-split clips of music, speech and noise, by class (sorted paths)."""
+def held_out_clips(corpus: Path, split_manifest: Path, split: str = "test") -> dict[str, list[str]]:
+    """The clips of music, speech and noise of one held-out split, by class (sorted paths)."""
     table = pd.read_csv(split_manifest)
-    table = table[(table["split"] == "test") & table["label"].isin(["music", "speech", "noise"])]
+    table = table[(table["split"] == split) & table["label"].isin(["music", "speech", "noise"])]
     return {label: sorted(group["path"]) for label, group in table.groupby("label")}
 
 
