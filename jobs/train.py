@@ -373,7 +373,7 @@ def train_head(shards: str, out: str, settings: TrainSettings, *, base: str):
     @ray.remote(num_cpus=1)
     def pool(path: str) -> dict:
         found = load_model_dir(base, expected_config=plan.config)
-        return {split: pooled_features(found, [path], split=split, classes=classes) for split in SPLITS}
+        return pooled_features(found, [path], classes=classes)
 
     log.info("pooling the features of %d shard files through %s's convolutions", len(paths), model.model_id)
     parts = ray.get([pool.remote(path) for path in paths])

@@ -284,6 +284,21 @@ def list_shards(source: str | Sequence[str]) -> list[str]:
     raise InputError(f"{source}: no shards (*.parquet) found")
 
 
+def labelled(batch: pa.RecordBatch, classes: Sequence[str], *, where: str) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The rows of ``batch`` that have a label, and their labels' indices into ``classes`` (int32 (rows,)).
+
+    Raises
+    ------
+    InputError
+        A label outside ``classes`` (``where`` names the data in the message).
+    """
+    batch = batch.filter(pc.is_valid(batch.column("label")))
+    index = pc.index_in(batch.column("label"), value_set=pa.array(list(classes)))
+    if index.null_count:
+        raise InputError(f"labels outside {list(classes)} in {where}")
+    return batch, index.to_numpy().astype(np.int32)
+
+
 def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str | None = None, batch_size: int = 8,
                classes: Sequence[str] = LABELS, dense: bool = False, shuffle_seed: int | None = None,
                shuffle_buffer: int = 1024, interleave_files: int = 8):
@@ -330,17 +345,13 @@ def tf_dataset(paths: str | Sequence[str], config: FeatureConfig, *, split: str 
     files = list_shards(paths)
     if shuffle_seed is not None:
         files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
-    label_index = pa.array(classes)
 
     def generate(path: bytes) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in iter_batches([path.decode()], config, columns=("codes", "label"), filter_split=split,
                                   batch_rows=64):
-            batch = batch.filter(pc.is_valid(batch.column("label")))
+            batch, labels = labelled(batch, classes, where=path.decode())
             if batch.num_rows:
-                labels = pc.index_in(batch.column("label"), value_set=label_index)
-                if labels.null_count:
-                    raise InputError(f"labels outside {list(classes)} in {path.decode()}")
-                yield codes_from_arrow(batch.column("codes"), config), labels.to_numpy().astype(np.int32)
+                yield codes_from_arrow(batch.column("codes"), config), labels
 
     signature = (tf.TensorSpec((None, *config.encoded_shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
 

@@ -187,9 +187,11 @@ class ShardPlan:
 
 
 # ---------------------------------------------------------------------------------------- a new head
-def pooled_features(model, paths: Sequence[str], *, split: str, classes: Sequence[str],
-                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled convolutional features of every labelled window of ``split`` (what the dense head reads).
+def pooled_features(model, paths: Sequence[str], *, classes: Sequence[str],
+                    batch_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The pooled convolutional features of every labelled window, by split (what the dense head reads).
+
+    Each shard is read once, whatever its splits.
 
     Parameters
     ----------
@@ -197,7 +199,6 @@ def pooled_features(model, paths: Sequence[str], *, split: str, classes: Sequenc
         Whose convolutions (:func:`msc_core.model.trunk`) compute the features.
     paths : sequence of str
         Shard files (:func:`msc_core.shards.list_shards`).
-    split : {"train", "val", "test"}
     classes : sequence of str
         Label order; rows of other labels are an error.
     batch_size : int
@@ -205,32 +206,28 @@ def pooled_features(model, paths: Sequence[str], *, split: str, classes: Sequenc
 
     Returns
     -------
-    features : np.ndarray, float32, shape (N, widths[2])
-    labels : np.ndarray, int32, shape (N,)
-        Indices into ``classes``; N may be 0.
+    dict
+        For each of :data:`SPLITS`: ``(features, labels)``, float32 (N, widths[2]) and
+        int32 (N,) indices into ``classes``; N may be 0.
     """
-    import pyarrow.compute as pc
     import tensorflow as tf
 
     from .model import trunk
-    from .shards import codes_from_arrow
+    from .shards import codes_from_arrow, labelled
 
     convolutions = trunk(model.keras_model)
     forward = tf.function(lambda codes: convolutions(codes, training=False),
                           input_signature=[tf.TensorSpec((None, *model.config.encoded_shape), tf.uint8)])
-    features, labels = [], []
-    for batch in iter_batches(list(paths), model.config, columns=("codes", "label"), filter_split=split,
-                              batch_rows=batch_size):
-        batch = batch.filter(pc.is_valid(batch.column("label")))
-        index = pc.index_in(batch.column("label"), value_set=pa.array(list(classes)))
-        if index.null_count:
-            raise InputError(f"labels outside {list(classes)} in the {split} split")
+    features = [np.zeros((0, convolutions.output_shape[-1]), np.float32)]
+    labels, splits = [np.zeros(0, np.int32)], [np.zeros(0, object)]
+    for batch in iter_batches(list(paths), model.config, columns=("codes", "label", "split"), batch_rows=batch_size):
+        batch, index = labelled(batch, classes, where=", ".join(paths))
         if batch.num_rows:
             features.append(forward(codes_from_arrow(batch.column("codes"), model.config)).numpy())
-            labels.append(index.to_numpy().astype(np.int32))
-    if not features:
-        return np.zeros((0, convolutions.output_shape[-1]), np.float32), np.zeros(0, np.int32)
-    return np.concatenate(features), np.concatenate(labels)
+            labels.append(index)
+            splits.append(batch.column("split").to_numpy(zero_copy_only=False))
+    features, labels, splits = np.concatenate(features), np.concatenate(labels), np.concatenate(splits)
+    return {split: (features[splits == split], labels[splits == split]) for split in SPLITS}
 
 
 def fit_head(model, *, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],

@@ -193,8 +193,10 @@ def test_a_new_head_learns_new_classes_over_frozen_convolutions(dataset, tmp_pat
 
     base = save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, seed=0), SMALL, tmp_path / "base", source="trained")
     classes = ("speech", "music", "noise")
-    train = pooled_features(base, list_shards(str(dataset)), split="train", classes=classes)
+    pooled = pooled_features(base, list_shards(str(dataset)), classes=classes)
+    train = pooled["train"]
     assert train[0].shape == (24, SMALL_WIDTHS[-1]) and set(train[1]) == {0, 1}
+    assert [len(pooled[split][1]) for split in ("val", "test")] == [12, 12]
     rng = np.random.default_rng(0)   # three separable clouds of pooled features stand in for the three classes
     centres = rng.normal(0, 1, (3, SMALL_WIDTHS[-1])).astype(np.float32)
     labels = np.repeat(np.arange(3, dtype=np.int32), 40)
