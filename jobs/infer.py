@@ -53,6 +53,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -61,12 +62,14 @@ import numpy as np
 
 from jobs.console import NORMAL, level, progress, summary
 from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, window_config
-from jobs.raylib import add_ray_arguments, init_ray, largest_node_cpus
+from jobs.raylib import add_ray_arguments, init_ray, node_cpus
 
 log = logging.getLogger("msc.infer")
 
 PART_KINDS = ("windows", "segments", "predictions")  # written in this order; predictions marks a chunk done
 WRITER_CPUS = 0.1
+MAX_ACTOR_THREADS = 8  # CPUs (and TensorFlow threads) of one model actor at most; larger nodes run several
+FEATURIZE_SHARE = 0.1  # of each node's CPUs kept for featurize tasks (about 3 times what they need)
 PIPELINE_ATTEMPTS = 3  # runs of the pipeline over chunks still without output (lost to dead workers or nodes)
 COMMIT_EVERY_CHUNKS = 4  # chunks per commit of the file records (or every 10 s): what a killed run can lose
 
@@ -104,9 +107,11 @@ class Plan:
     Attributes
     ----------
     actors : int
-        Model actors in the pool.
+        Most model actors in the pool (it starts with all of them and keeps at least one).
     actor_cpus, actor_gpus : float
         Logical resources reserved by each model actor.
+    threads : int
+        TensorFlow threads of each model actor: its CPUs, rounded (at least 1).
     task_cpus : float
         Logical CPUs of each featurize task.
     """
@@ -114,50 +119,63 @@ class Plan:
     actors: int
     actor_cpus: float
     actor_gpus: float
+    threads: int
     task_cpus: float
 
 
-def plan_resources(*, cpus: float, gpus: float, gpus_per_actor: float, node_cpus: float | None = None) -> Plan:
-    """Size the model pool from a cluster's resources.
+def plan_resources(*, node_cpus: Sequence[float], gpus: float, gpus_per_actor: float) -> Plan:
+    """Size the model pool from a cluster's nodes.
 
-    A pool that reserves every CPU starves the featurize tasks and the writer
-    and hangs without an error, so the model actors share only what is left
-    after one featurize task and the writer (:data:`WRITER_CPUS`): at most one
-    logical CPU each, fractional on small clusters. One actor, one task and the
-    writer also fit together on the largest node, so that the pipeline still
-    makes progress when every other node is lost. TensorFlow inside an actor
-    still uses every core it finds while the tasks are idle.
+    The model is nearly all the work: a window's forward pass costs about 30
+    times its decoding and features. So each node keeps
+    :data:`FEATURIZE_SHARE` of its CPUs (at least one featurize task's) for
+    the featurize tasks, and :data:`WRITER_CPUS` for the writer, and gives the
+    rest to model actors of at most :data:`MAX_ACTOR_THREADS` CPUs, each
+    running TensorFlow on as many threads as it reserves (rounded), so that
+    actors do not oversubscribe a node and the pool grows with the cluster. A
+    pool that reserved every CPU would starve the featurize tasks and the
+    writer and hang without an error; one actor, one task and the writer fit
+    together on the largest node, so the pipeline makes progress while any
+    node is left.
 
     Parameters
     ----------
-    cpus, gpus : float
-        The cluster's totals (``ray.cluster_resources()``).
-    node_cpus : float or None
-        CPUs of the largest node (default ``cpus``: one node).
+    node_cpus : sequence of float
+        CPUs of each node (:func:`jobs.raylib.node_cpus`).
+    gpus : float
+        The cluster's GPUs.
     gpus_per_actor : float
-        ``--num-gpus``; 0 runs the model on CPUs with one actor per 8 CPUs.
+        ``--num-gpus``; 0 runs the model on CPUs.
 
     Raises
     ------
     InputError
-        GPUs asked for on a cluster without enough of them.
+        GPUs asked for on a cluster without enough of them, or no node large enough.
     """
     from msc_core.errors import InputError
 
+    largest = max(node_cpus)
+    if gpus_per_actor > 0:  # featurizing is the work: a CPU per task (half the node under 2 CPUs)
+        task_cpus = 1.0 if largest >= 2 else 0.5 * largest
+    else:  # the model is: a task needs a quarter of a CPU
+        task_cpus = 0.25 * min(1.0, largest)
+
+    def spare(cpus: float) -> float:
+        return cpus - max(task_cpus, FEATURIZE_SHARE * cpus) - WRITER_CPUS
+
+    if spare(largest) <= 0:
+        raise InputError(f"the largest node offers {largest:g} CPUs; msc infer needs more than "
+                         f"{largest - spare(largest):g}")
     if gpus_per_actor > 0:
         if gpus < gpus_per_actor:
             raise InputError(f"--num-gpus {gpus_per_actor} per actor, but the cluster has {gpus:g} GPUs")
-        actors = int(gpus // gpus_per_actor)
+        actors, actor_cpus = int(gpus // gpus_per_actor), min(1.0, spare(largest))
     else:
-        actors = max(1, int(cpus // 8))
-    node_cpus = cpus if node_cpus is None else min(node_cpus, cpus)
-    task_cpus = 1.0 if node_cpus >= 2 else 0.5 * node_cpus
-    spare, node_spare = cpus - task_cpus - WRITER_CPUS, node_cpus - task_cpus - WRITER_CPUS
-    if node_spare <= 0:
-        raise InputError(f"the largest node offers {node_cpus:g} CPUs; msc infer needs more than "
-                         f"{task_cpus + WRITER_CPUS:g}")
-    return Plan(actors=actors, actor_cpus=round(min(1.0, spare / actors, node_spare), 3), actor_gpus=gpus_per_actor,
-                task_cpus=task_cpus)
+        actor_cpus = spare(largest) / math.ceil(spare(largest) / MAX_ACTOR_THREADS)
+        actors = max(1, sum(max(0, int(spare(cpus) / actor_cpus + 1e-9)) for cpus in node_cpus))
+    actor_cpus = math.floor(actor_cpus * 1000) / 1000  # never more than the node has
+    return Plan(actors=actors, actor_cpus=actor_cpus, actor_gpus=gpus_per_actor,
+                threads=max(1, math.floor(actor_cpus + 0.5)), task_cpus=task_cpus)
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -212,16 +230,17 @@ def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[d
 
 
 class LabelWindows:
-    """The model stage: loads the model once per actor and predicts every ok window of a batch.
+    """The model stage: loads the model once per actor (TensorFlow on ``threads`` threads) and predicts
+    every ok window of a batch.
 
     Replaces ``codes`` with ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`;
     NaN on error rows).
     """
 
-    def __init__(self, model_dir: str | None, batch_size: int, view: str):
+    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int):
         from msc_core.labelling import load_model
 
-        self.model = load_model(model_dir)
+        self.model = load_model(model_dir, threads=threads)
         self.batch_size, self.view = batch_size, view
 
     def __call__(self, batch: dict) -> dict:
@@ -393,17 +412,18 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
     import ray
 
     resources = ray.cluster_resources()
-    plan = plan_resources(cpus=resources.get("CPU", 1), gpus=resources.get("GPU", 0),
-                          gpus_per_actor=num_gpus, node_cpus=largest_node_cpus())
+    plan = plan_resources(node_cpus=node_cpus(), gpus=resources.get("GPU", 0), gpus_per_actor=num_gpus)
     log.info("resources %s -> %s", resources, plan)
     items = [{"chunk_id": chunk.id, "paths": [entry.path for entry in chunk.entries]} for chunk in pending]
     dataset = (
         ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus,
                      fn_kwargs={"config": config, "limits": limits, "isolate": isolate})
-        .map_batches(LabelWindows, batch_size=None, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        .map_batches(LabelWindows, batch_size=None,
+                     compute=ray.data.ActorPoolStrategy(min_size=1, initial_size=plan.actors, max_size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size, "view": view})
+                     fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size, "view": view,
+                                            "threads": plan.threads})
         .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
                      compute=ray.data.ActorPoolStrategy(size=1),
                      fn_constructor_kwargs={"out_dir": out, "model_id": model_id, "feature_hash": config.hash})

@@ -65,8 +65,13 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def largest_node_cpus() -> float:
-    """CPUs of the largest alive node of the connected cluster (at least 1)."""
+def node_cpus() -> list[float]:
+    """CPUs of each alive node of the connected cluster (``[1]`` when none says)."""
     import ray
 
-    return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1) or 1
+    return [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]] or [1]
+
+
+def largest_node_cpus() -> float:
+    """CPUs of the largest alive node of the connected cluster (at least 1)."""
+    return max(node_cpus()) or 1

@@ -522,7 +522,7 @@ def check_model(path: str | os.PathLike | None = None) -> dict:
     return check_model_dir(model_location(path), expected_config=PAPER)[0]
 
 
-def load_model(path: str | os.PathLike | None = None) -> "MscModel":
+def load_model(path: str | os.PathLike | None = None, *, threads: int | None = None) -> "MscModel":
     """Load an msc model directory, checked to read the features msc computes (:data:`PAPER`).
 
     Parameters
@@ -530,6 +530,11 @@ def load_model(path: str | os.PathLike | None = None) -> "MscModel":
     path : str, PathLike or None
         Model directory (``msc train`` output, ``msc models import-paper``
         output, ...); None takes the model bundled with the package.
+    threads : int or None
+        Threads TensorFlow may use for this process's model (intra- and
+        inter-op); None leaves TensorFlow's default, every core it finds. Only
+        a process whose TensorFlow has run nothing yet can set it (a Ray actor
+        does so for the CPUs it reserves).
 
     Raises
     ------
@@ -540,6 +545,11 @@ def load_model(path: str | os.PathLike | None = None) -> "MscModel":
     """
     from .model import load_model_dir
 
+    if threads is not None:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     return load_model_dir(model_location(path), expected_config=PAPER)
 
 

@@ -6,11 +6,14 @@ same listing: exactly once, nothing stale, the previous snapshot readable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from msc_core import shards
 from msc_core.config import PAPER
 from msc_core.engine import FileRecords
 from msc_core.errors import CorruptShardError
-from tests.conftest import write_audio
+from tests.conftest import REPO, write_audio
 
 
 def featurize(*args) -> int:
@@ -238,10 +241,30 @@ def test_infer_reruns_follow_the_archive(ray_local, model_dir, tmp_path, capsys)
     pd.testing.assert_frame_equal(predictions(out), before)
 
 
-def random_featurize_sequence(tmp_path: Path, *, seed: int, steps: int) -> None:
-    """Random add / modify / delete / duplicate-list / rerun steps, each compared with a from-scratch run."""
+def killed_featurize(*args, after_s: float) -> None:
+    """Run featurize in a fresh process (its own local Ray) and SIGKILL its whole group after ``after_s``."""
+    process = subprocess.Popen([sys.executable, "-m", "jobs.featurize", *map(str, args), "--num-cpus", "2", "--quiet"],
+                               cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=after_s)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have finished first
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def random_featurize_sequence(tmp_path: Path, *, seed: int, steps: int, disk: Path | None = None) -> None:
+    """Random add / modify / delete / duplicate-list / rerun steps, each compared with a from-scratch run.
+
+    With ``disk`` (a small tmpfs holding the output), steps may also SIGKILL a
+    run at a random moment, or leave too little space for the rerun's shards:
+    the committed snapshot stays readable, each window once, holding only
+    files listed before or now; the next full rerun matches a from-scratch run.
+    """
     rng = random.Random(seed)
-    data, out = tmp_path / "data", tmp_path / "out"
+    data, out = tmp_path / "data", (disk or tmp_path) / "out"
     names: set[str] = set()
     for step in range(steps):
         for _ in range(rng.randint(1, 2)):
@@ -254,8 +277,21 @@ def random_featurize_sequence(tmp_path: Path, *, seed: int, steps: int) -> None:
             gone = rng.choice(sorted(names))
             names.discard(gone)
             (data / gone).unlink()
-        sources = [data] + ([str(data / "music" / "*.wav")] if rng.random() < 0.5 else [])
+        music = any(name.startswith("music/") for name in names)
+        sources = [data] + ([str(data / "music" / "*.wav")] if music and rng.random() < 0.5 else [])
         files_per_task = rng.randint(1, 3)
+        before = set(rows(out)["path"]) if (out / "_files").exists() else set()
+        hazard = rng.choice(["kill", "full", None, None]) if disk else None
+        if hazard == "kill":
+            killed_featurize(*sources, "--out", out, "--files-per-task", 1, after_s=rng.uniform(2.0, 20.0))
+        elif hazard == "full":
+            ballast = disk / "ballast"
+            free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+            ballast.write_bytes(b"\0" * max(0, free - rng.randint(0, 60_000)))
+            assert featurize(*sources, "--out", out, "--files-per-task", 1) in (0, 2)
+            ballast.unlink()
+        if hazard and (out / "_files").exists():  # readable, each window once, only files listed before or now
+            assert set(rows(out)["path"]) <= before | {str(data / name) for name in names}
         assert featurize(*sources, "--out", out, "--files-per-task", files_per_task) == 0
         scratch = tmp_path / f"scratch{step}"
         assert featurize(data, "--out", scratch, "--files-per-task", files_per_task) == 0
@@ -270,8 +306,10 @@ def test_random_featurize_sequence(ray_local, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
-def test_long_random_featurize_sequences(ray_local, tmp_path, seed):
-    random_featurize_sequence(tmp_path, seed=10 + seed, steps=12)
+def test_long_random_featurize_sequences(ray_local, tmp_path, small_tmpfs, seed):
+    folder, remount = small_tmpfs
+    remount("16m")
+    random_featurize_sequence(tmp_path, seed=10 + seed, steps=12, disk=folder)
 
 
 def test_codes_survive_reruns_bit_for_bit(ray_local, tmp_path):

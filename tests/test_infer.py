@@ -193,3 +193,18 @@ def test_predict_prints_labels_and_json(model_dir, archive):
     rows = json.loads(scripted.stdout)
     assert [row["status"] for row in rows] == ["ok", "error"]
     assert rows[0]["segments"][0]["start_s"] == 0 and rows[0]["segments"][-1]["end_s"] == pytest.approx(7.0)
+
+
+def test_model_pool_grows_with_nodes_and_never_oversubscribes():
+    from jobs.infer import WRITER_CPUS, plan_resources
+
+    laptop = plan_resources(node_cpus=[2], gpus=0, gpus_per_actor=0)
+    assert (laptop.actors, laptop.threads) == (1, 2)
+    one, two = (plan_resources(node_cpus=[1] * nodes, gpus=0, gpus_per_actor=0) for nodes in (1, 2))
+    assert (one.actors, two.actors, one.threads, two.threads) == (1, 2, 1, 1)
+    big = plan_resources(node_cpus=[64, 64, 0], gpus=0, gpus_per_actor=0)
+    assert big.actors == 16 and big.threads <= big.actor_cpus + 0.5
+    for plan, cpus in ((laptop, 2), (one, 1), (big, 64)):  # an actor, a task and the writer fit on the node
+        assert plan.actor_cpus + plan.task_cpus + WRITER_CPUS <= cpus
+    gpu = plan_resources(node_cpus=[8], gpus=2, gpus_per_actor=1)
+    assert (gpu.actors, gpu.actor_gpus, gpu.task_cpus) == (2, 1, 1.0)

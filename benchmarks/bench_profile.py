@@ -1,0 +1,228 @@
+"""Where ``msc infer`` spends its CPU, and how much audio it labels per CPU-second, in one run.
+
+    python benchmarks/bench_profile.py [--short 40] [--short-s 30] [--long 2] [--long-s 600] [--hop 5]
+                                       [--archive DIR] [--tree NAME=DIR ...]
+
+One archive (generated: ``--short`` files of ``--short-s`` s and ``--long`` of
+``--long-s`` s, music-like and speech-like, as 44.1 kHz stereo FLAC and 22.05 kHz
+Ogg Vorbis; or ``--archive DIR`` of your own audio), then:
+
+1. **Stage profile**, in this process on one thread, file by file with the
+   library's own functions: decoding (``AudioStream`` to mono windows at
+   22.05 kHz), features (depth-layer codes and the frame cues for
+   segmentation), the model (``predict_codes``, batches of 32), aggregation
+   (``labelling.aggregate``: probabilities to labels and segments) and writing
+   (``label_tables`` and Parquet). CPU seconds of each, separately for short and
+   long files.
+2. **End to end**: ``msc infer ARCHIVE --hop H`` as a fresh command (Ray
+   starts in-process, TensorFlow loads in its actors), with the CPU of its whole
+   process tree (:mod:`benchmarks.process_tree`): audio seconds per CPU-second,
+   and Ray's own share, the tree's CPU less the stage profile's total. With
+   ``--tree NAME=DIR`` the same command runs from other checkouts of msc too
+   (``DIR/.venv`` when it has one, else this Python with ``DIR`` first on the
+   path), so a change is measured before and after in one run.
+3. **The model alone** on ready codes in a fresh process, as many threads as it
+   finds (what a model actor gets on this machine): windows per wall second,
+   against the end-to-end labelling phase's windows per wall second (from
+   ``summary.json``'s ``timings_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.process_tree import run_measured  # noqa: E402
+
+STAGES = ("decode", "features", "model", "aggregate", "write")
+
+MODEL_ALONE = """
+import json, time
+import numpy as np
+from msc_core.labelling import load_model
+model = load_model(None)
+codes = np.random.default_rng(0).integers(0, 9, (128, *model.config.encoded_shape)).astype(np.uint8)
+model.predict_codes(codes[:32])
+timings = []
+for _ in range(2):
+    started = time.perf_counter()
+    model.predict_codes(codes)
+    timings.append(time.perf_counter() - started)
+print(json.dumps(len(codes) / min(timings)))
+"""
+LONG_S = 300.0  # files at least this long count as long in the profile
+
+
+def make_archive(root: Path, *, short: int, short_s: float, long: int, long_s: float) -> None:
+    """Generated music-like and speech-like files, alternating, as FLAC (44.1 kHz stereo) and Ogg Vorbis (22.05 kHz)."""
+    import soundfile as sf
+
+    from msc_core import synth
+
+    root.mkdir(parents=True, exist_ok=True)
+    for index, seconds in enumerate([short_s] * short + [long_s] * long):
+        kind = (synth.music_like, synth.speech_like)[index % 2]
+        rate, fmt = ((44100, "FLAC"), (22050, "OGG"))[index // 2 % 2]
+        part = kind(min(seconds, 60.0), sample_rate=rate, seed=index)
+        mono = np.tile(part, int(np.ceil(seconds / 60.0)))[: int(seconds * rate)]
+        audio = np.repeat(mono[:, None], 2, axis=1) if fmt == "FLAC" else mono
+        sf.write(root / f"{index:04d}-{int(seconds)}s.{fmt.lower()}", audio, rate, format=fmt)
+
+
+def stage_profile(paths: list[Path], *, hop_s: float, out: Path) -> dict[str, dict[str, float]]:
+    """CPU seconds of each stage per group of files (``short``/``long``), plus ``audio_s`` and ``windows``."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from msc_core.audio import AudioStream
+    from msc_core.depth import featurize_hopped
+    from msc_core.labelling import aggregate, class_probs, label_tables, load_model, warm_up, window_config
+    from msc_core.segmentation import CueTracker
+    from msc_core.shards import write_atomic
+
+    config = window_config("all", hop_s)
+    model = load_model(None)
+    model.predict_codes(np.zeros((1, *config.encoded_shape), np.uint8))  # build the graph outside the timing
+    warm_up()  # and import the decoders and librosa's lazy modules
+    hop = config.hop_samples
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for number, path in enumerate(paths):
+        clock = time.process_time()
+        with AudioStream.open(str(path)) as stream:
+            batches = list(stream.windows(config))
+            duration = stream.decoded_s
+        decode = time.process_time() - clock
+        clock = time.process_time()
+        tracker = CueTracker(sample_rate=config.sample_rate)
+        with AudioStream.open(str(path)) as stream:  # decoded again for the cues; that decode is taken off
+            for _ in stream.windows(config, on_audio=tracker.push):
+                pass
+        cues = tracker.finish()
+        codes = np.concatenate([featurize_hopped(batch.samples, hop_samples=hop, config=config) for batch in batches])
+        features = time.process_time() - clock - decode
+        clock = time.process_time()
+        probs = model.predict_codes(codes, batch_size=32)
+        model_s = time.process_time() - clock
+        clock = time.process_time()
+        start_s = np.concatenate([batch.start_s for batch in batches])
+        label = aggregate(str(path), start_s=start_s, end_s=start_s + np.concatenate([batch.audio_s for batch in batches]),
+                          duration_s=duration, probs=class_probs(probs, model.labels), model_id=model.model_id,
+                          feature_hash=config.hash, cues=cues)
+        aggregate_s = time.process_time() - clock
+        clock = time.process_time()
+        for kind, table in zip(("predictions", "windows", "segments"), label_tables([label])):
+            write_atomic(table, str(out / f"{kind}-{number}.parquet"))
+        group = totals["long" if duration >= LONG_S else "short"]
+        for name, value in zip(STAGES, (decode, features, model_s, aggregate_s, time.process_time() - clock)):
+            group[name] += value
+        group["files"] += 1
+        group["audio_s"] += duration
+        group["windows"] += len(codes)
+    return totals
+
+
+def python_of(tree: Path) -> tuple[str, dict[str, str]]:
+    """The Python that runs checkout ``tree`` and its environment (``tree`` first on the path)."""
+    own = tree / ".venv" / "bin" / "python"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return (str(own) if own.is_file() else sys.executable), env
+
+
+def end_to_end(tree: Path, archive: Path, out: Path, *, hop_s: float, log: Path) -> dict[str, float]:
+    """One fresh ``msc infer`` from checkout ``tree``: wall and tree CPU seconds, windows, labelling-phase wall."""
+    import pyarrow.parquet as pq
+
+    python, env = python_of(tree)
+    argv = [python, "-m", "jobs.cli", "infer", str(archive), "--out", str(out), "--format", "parquet"]
+    if hop_s != 5.0:
+        argv += ["--hop", f"{hop_s:g}"]
+    with open(log, "w") as handle:
+        measured = run_measured(argv, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if measured.returncode not in (0, 1):
+        raise SystemExit(f"{tree}: msc infer exited {measured.returncode}; see {log}")
+    summary = out / "summary.json"
+    timings = json.loads(summary.read_text()).get("timings_s", {}) if summary.is_file() else {}
+    return {"wall_s": measured.wall_s, "cpu_s": measured.cpu_s, "processes": measured.processes,
+            "windows": pq.read_metadata(out / "windows.parquet").num_rows,
+            "labelling_s": timings.get("labelling", measured.wall_s)}
+
+
+def model_alone() -> float:
+    """Windows per wall second of the bundled model on ready codes, in a fresh process with every core."""
+    result = subprocess.run([sys.executable, "-c", MODEL_ALONE], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", type=int, default=40, help="generated short files")
+    parser.add_argument("--short-s", type=float, default=30.0, help="length of a short file (s)")
+    parser.add_argument("--long", type=int, default=2, help="generated long files")
+    parser.add_argument("--long-s", type=float, default=600.0, help="length of a long file (s)")
+    parser.add_argument("--archive", type=Path, help="label this folder instead of generated files")
+    parser.add_argument("--hop", type=float, default=5.0, help="seconds between window starts (default 5)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                        help="also run msc infer from this checkout (repeatable)")
+    options = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    archive = options.archive or scratch / "archive"
+    if options.archive is None:
+        make_archive(archive, short=options.short, short_s=options.short_s, long=options.long, long_s=options.long_s)
+    paths = sorted(path for path in archive.rglob("*") if path.is_file())
+    load = os.getloadavg()[0]
+
+    trees = [("this", REPO)] + [(name, Path(folder).resolve()) for name, folder in
+                                (spec.split("=", 1) for spec in options.tree)]
+    runs = {name: end_to_end(tree, archive, scratch / f"out-{name}", hop_s=options.hop, log=scratch / f"{name}.log")
+            for name, tree in trees}
+    alone = model_alone()
+    (scratch / "profile").mkdir()
+    profile = stage_profile(paths, hop_s=options.hop, out=scratch / "profile")
+
+    audio_s = sum(group["audio_s"] for group in profile.values())
+    stage_cpu = {name: sum(group[name] for group in profile.values()) for name in STAGES}
+    print(f"{len(paths)} files, {audio_s / 60:.1f} min of audio, hop {options.hop:g} s, {os.cpu_count()} CPUs, "
+          f"load average {load:.1f} at the start\n")
+    print("| stage (one thread, in process) | " + " | ".join(f"{group} files: CPU s (share)" for group in profile)
+          + " | all: CPU s per audio hour |")
+    print("|---|" + "---:|" * (len(profile) + 1))
+    for name in STAGES:
+        cells = [f"{group[name]:.1f} ({group[name] / sum(group[stage] for stage in STAGES):.0%})"
+                 for group in profile.values()]
+        print(f"| {name} | " + " | ".join(cells) + f" | {stage_cpu[name] / audio_s * 3600:.0f} |")
+    total = sum(stage_cpu.values())
+    print(f"| stages together | " + " | ".join(f"{sum(group[stage] for stage in STAGES):.1f}"
+                                               for group in profile.values()) + f" | {total / audio_s * 3600:.0f} |")
+    print("\n| msc infer, fresh command | wall s | CPU s, process tree | audio-s per CPU-s | Ray and start-up CPU s "
+          "(tree - stages) | labelling windows/s | vs model alone |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, run in runs.items():
+        rate = run["windows"] / run["labelling_s"]
+        print(f"| {name} | {run['wall_s']:.1f} | {run['cpu_s']:.1f} | {audio_s / run['cpu_s']:.1f} | "
+              f"{run['cpu_s'] - total:.1f} | {rate:.1f} | {rate / alone:.0%} |")
+    print(f"\nmodel alone on ready codes, fresh process, every core: {alone:.1f} windows/s")
+    if len(runs) > 1:
+        first = runs["this"]
+        for name, run in list(runs.items())[1:]:
+            print(f"this / {name}: audio-s per CPU-s {run['cpu_s'] / first['cpu_s']:.2f}x, "
+                  f"wall {run['wall_s'] / first['wall_s']:.2f}x")
+    print(f"\n(scratch: {scratch})")
+
+
+if __name__ == "__main__":
+    main()
