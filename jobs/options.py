@@ -24,18 +24,21 @@ def add_view_argument(parser: argparse.ArgumentParser) -> None:
 def window_config(args: argparse.Namespace):
     """The paper's :class:`~msc_core.config.FeatureConfig` with the window policy ``args`` ask for.
 
+    The one rule of every job (:func:`msc_core.labelling.window_config`): a hop
+    shorter than the window is rounded to whole STFT frames.
+
     Raises
     ------
     InputError
         ``--hop`` with ``--window first``, or a hop that is not positive.
     """
-    from msc_core.config import PAPER
     from msc_core.errors import InputError
+    from msc_core.labelling import window_config as config_of
 
     if args.hop is not None and args.window == "first":
         raise InputError("--hop applies to --window all only")
     try:
-        return PAPER.with_window(mode=args.window, hop_seconds=args.hop)
+        return config_of(args.window, args.hop)
     except ValueError as error:
         raise InputError(str(error)) from error
 
