@@ -10,8 +10,8 @@ comparison is nodes, not cores), runs the real jobs' drivers against the cluster
 
 - featurize: windows / the job's own time (manifest ``timings``: listing to the last
   record, Ray start-up excluded);
-- infer (bundled default model): windows / the time from the job's first pipeline log
-  line to its last (model actors' start-up included, Ray start-up excluded);
+- infer (bundled default model): windows / its labelling phase (``summary.json``
+  ``timings_s``: joining the cluster, the model actors' start-up and every chunk);
 
 and the 2-node / 1-node ratio of each. Every cluster is stopped with stop.sh;
 nothing else on the machine is touched. The load average is printed with the results,
@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import soundfile as sf
@@ -38,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from msc_core import synth  # noqa: E402
 from scripts.local_cluster import REPO, local_cluster  # noqa: E402
 
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO msc\.infer: (.*)$", re.M)
 
 
 def make_archive(root: Path, files: int, seconds: float) -> None:
@@ -59,14 +56,6 @@ def run_driver(cluster, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-def infer_seconds(output: str) -> float:
-    """Seconds from infer's ``resources`` log line (pipeline start) to its last ``chunks labelled`` line."""
-    stamps = [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f"), message) for stamp, message in LOG_TIME.findall(output)]
-    start = next(when for when, message in stamps if message.startswith("resources"))
-    end = [when for when, message in stamps if "chunks labelled" in message][-1]
-    return (end - start).total_seconds()
-
-
 def measure(nodes: int, *, audio: Path, work: Path, cpus: int, infer: bool) -> dict:
     """windows/s of featurize (and infer) on a cluster of ``nodes`` nodes of ``cpus`` CPUs each."""
     with local_cluster(head_cpus=cpus, worker_cpus=cpus, workers=nodes - 1, log=lambda _: None) as cluster:
@@ -76,9 +65,10 @@ def measure(nodes: int, *, audio: Path, work: Path, cpus: int, infer: bool) -> d
         result = {"nodes": nodes, "windows": manifest["windows"],
                   "featurize_windows_per_s": manifest["timings"]["windows_per_s"]}
         if infer:
-            output = run_driver(cluster, "jobs.infer", str(audio), "--out", str(work / f"labels-{nodes}"),
-                                "--chunk-files", "2")
-            result["infer_windows_per_s"] = manifest["windows"] / infer_seconds(output)
+            labels = work / f"labels-{nodes}"
+            run_driver(cluster, "jobs.infer", str(audio), "--out", str(labels), "--chunk-files", "2")
+            timings = json.loads((labels / "summary.json").read_text())["timings_s"]
+            result["infer_windows_per_s"] = manifest["windows"] / timings["labelling"]
     return result
 
 

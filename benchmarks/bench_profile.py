@@ -14,10 +14,12 @@ Ogg Vorbis; or ``--archive DIR`` of your own audio), then:
    (``labelling.aggregate``: probabilities to labels and segments) and writing
    (``label_tables`` and Parquet). CPU seconds of each, separately for short and
    long files.
-2. **End to end**: ``msc infer ARCHIVE --hop H`` as a fresh command (Ray
-   starts in-process, TensorFlow loads in its actors), with the CPU of its whole
-   process tree (:mod:`benchmarks.process_tree`): audio seconds per CPU-second,
-   and Ray's own share, the tree's CPU less the stage profile's total. With
+2. **End to end**: ``msc infer ARCHIVE --hop H`` and ``msc featurize ARCHIVE
+   --window all --hop H`` as fresh commands (Ray starts in-process, TensorFlow
+   loads in infer's actors), with the CPU of each one's whole process tree
+   (:mod:`benchmarks.process_tree`): audio seconds and windows per CPU-second,
+   and Ray's own share, the tree's CPU less the stages' (all five for infer;
+   decoding and features for featurize). With
    ``--tree NAME=DIR`` the same command runs from other checkouts of msc too
    (``DIR/.venv`` when it has one, else this Python with ``DIR`` first on the
    path), so a change is measured before and after in one run.
@@ -44,6 +46,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")  # as the user set it, before msc_core sets its default
+import msc_core  # noqa: E402,F401 (first: it sets TensorFlow's oneDNN default before TensorFlow loads)
 from benchmarks.process_tree import run_measured  # noqa: E402
 
 STAGES = ("decode", "features", "model", "aggregate", "write")
@@ -78,7 +82,11 @@ def make_archive(root: Path, *, short: int, short_s: float, long: int, long_s: f
         part = kind(min(seconds, 60.0), sample_rate=rate, seed=index)
         mono = np.tile(part, int(np.ceil(seconds / 60.0)))[: int(seconds * rate)]
         audio = np.repeat(mono[:, None], 2, axis=1) if fmt == "FLAC" else mono
-        sf.write(root / f"{index:04d}-{int(seconds)}s.{fmt.lower()}", audio, rate, format=fmt)
+        folder = root / ("music", "speech")[index % 2]  # labelled by folder, for featurize
+        folder.mkdir(exist_ok=True)
+        with sf.SoundFile(folder / f"{index:04d}-{int(seconds)}s.{fmt.lower()}", "w", rate, audio.ndim, format=fmt) as out:
+            for start in range(0, len(audio), 10 * rate):  # libsndfile's Vorbis encoder crashes on long writes
+                out.write(audio[start:start + 10 * rate])
 
 
 def stage_profile(paths: list[Path], *, hop_s: float, out: Path) -> dict[str, dict[str, float]]:
@@ -138,25 +146,36 @@ def python_of(tree: Path) -> tuple[str, dict[str, str]]:
     """The Python that runs checkout ``tree`` and its environment (``tree`` first on the path)."""
     own = tree / ".venv" / "bin" / "python"
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("TF_ENABLE_ONEDNN_OPTS")  # each checkout's own default, unless the user set one
+    if ONEDNN is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = ONEDNN
     return (str(own) if own.is_file() else sys.executable), env
 
 
-def end_to_end(tree: Path, archive: Path, out: Path, *, hop_s: float, log: Path) -> dict[str, float]:
-    """One fresh ``msc infer`` from checkout ``tree``: wall and tree CPU seconds, windows, labelling-phase wall."""
+def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float, log: Path) -> dict[str, float]:
+    """One fresh ``msc featurize`` or ``msc infer`` (``job``) from checkout ``tree``.
+
+    Returns wall and process-tree CPU seconds, windows, and the seconds of the
+    labelling phase (infer's ``summary.json``; the whole run where it has none).
+    """
     import pyarrow.parquet as pq
 
     python, env = python_of(tree)
-    argv = [python, "-m", "jobs.cli", "infer", str(archive), "--out", str(out), "--format", "parquet"]
+    argv = [python, "-m", "jobs.cli", job, str(archive), "--out", str(out)]
+    argv += ["--format", "parquet"] if job == "infer" else ["--window", "all"]
     if hop_s != 5.0:
         argv += ["--hop", f"{hop_s:g}"]
     with open(log, "w") as handle:
         measured = run_measured(argv, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if measured.returncode not in (0, 1):
-        raise SystemExit(f"{tree}: msc infer exited {measured.returncode}; see {log}")
-    summary = out / "summary.json"
-    timings = json.loads(summary.read_text()).get("timings_s", {}) if summary.is_file() else {}
-    return {"wall_s": measured.wall_s, "cpu_s": measured.cpu_s, "processes": measured.processes,
-            "windows": pq.read_metadata(out / "windows.parquet").num_rows,
+        raise SystemExit(f"{tree}: msc {job} exited {measured.returncode}; see {log}")
+    if job == "featurize":
+        windows, timings = json.loads((out / "manifest.json").read_text())["windows"], {}
+    else:
+        windows = pq.read_metadata(out / "windows.parquet").num_rows
+        summary = out / "summary.json"
+        timings = json.loads(summary.read_text()).get("timings_s", {}) if summary.is_file() else {}
+    return {"wall_s": measured.wall_s, "cpu_s": measured.cpu_s, "windows": windows,
             "labelling_s": timings.get("labelling", measured.wall_s)}
 
 
@@ -188,8 +207,9 @@ def main() -> None:
 
     trees = [("this", REPO)] + [(name, Path(folder).resolve()) for name, folder in
                                 (spec.split("=", 1) for spec in options.tree)]
-    runs = {name: end_to_end(tree, archive, scratch / f"out-{name}", hop_s=options.hop, log=scratch / f"{name}.log")
-            for name, tree in trees}
+    runs = {(job, name): end_to_end(job, tree, archive, scratch / f"{job}-{name}", hop_s=options.hop,
+                                    log=scratch / f"{job}-{name}.log")
+            for job in ("infer", "featurize") for name, tree in trees}
     alone = model_alone()
     (scratch / "profile").mkdir()
     profile = stage_profile(paths, hop_s=options.hop, out=scratch / "profile")
@@ -208,19 +228,21 @@ def main() -> None:
     total = sum(stage_cpu.values())
     print(f"| stages together | " + " | ".join(f"{sum(group[stage] for stage in STAGES):.1f}"
                                                for group in profile.values()) + f" | {total / audio_s * 3600:.0f} |")
-    print("\n| msc infer, fresh command | wall s | CPU s, process tree | audio-s per CPU-s | Ray and start-up CPU s "
-          "(tree - stages) | labelling windows/s | vs model alone |")
+    print("\n| fresh command | wall s | CPU s, process tree | audio-s per CPU-s | windows per CPU-s | "
+          "Ray and start-up CPU s (tree - stages) | labelling windows/s (vs model alone) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, run in runs.items():
-        rate = run["windows"] / run["labelling_s"]
-        print(f"| {name} | {run['wall_s']:.1f} | {run['cpu_s']:.1f} | {audio_s / run['cpu_s']:.1f} | "
-              f"{run['cpu_s'] - total:.1f} | {rate:.1f} | {rate / alone:.0%} |")
+    for (job, name), run in runs.items():
+        stages = total if job == "infer" else stage_cpu["decode"] + stage_cpu["features"]
+        speed = f"{run['windows'] / run['labelling_s']:.1f} ({run['windows'] / run['labelling_s'] / alone:.0%})"
+        print(f"| msc {job}, {name} | {run['wall_s']:.1f} | {run['cpu_s']:.1f} | {audio_s / run['cpu_s']:.1f} | "
+              f"{run['windows'] / run['cpu_s']:.1f} | {run['cpu_s'] - stages:.1f} | "
+              f"{speed if job == 'infer' else '-'} |")
     print(f"\nmodel alone on ready codes, fresh process, every core: {alone:.1f} windows/s")
-    if len(runs) > 1:
-        first = runs["this"]
-        for name, run in list(runs.items())[1:]:
-            print(f"this / {name}: audio-s per CPU-s {run['cpu_s'] / first['cpu_s']:.2f}x, "
-                  f"wall {run['wall_s'] / first['wall_s']:.2f}x")
+    for job, name in runs:
+        if name != "this":
+            this, other = runs[job, "this"], runs[job, name]
+            print(f"msc {job}, this checkout over {name}: audio-s per CPU-s x{other['cpu_s'] / this['cpu_s']:.2f}, "
+                  f"wall-clock speed x{other['wall_s'] / this['wall_s']:.2f}")
     print(f"\n(scratch: {scratch})")
 
 
