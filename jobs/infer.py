@@ -69,7 +69,7 @@ log = logging.getLogger("msc.infer")
 PART_KINDS = ("windows", "segments", "predictions")  # written in this order; predictions marks a chunk done
 WRITER_CPUS = 0.1
 MAX_ACTOR_THREADS = 8  # CPUs (and TensorFlow threads) of one model actor at most; larger nodes run several
-FEATURIZE_SHARE = 0.1  # of each node's CPUs kept for featurize tasks (about 3 times what they need)
+FEATURIZE_SHARE = 0.1  # of each node's CPUs kept for featurize tasks (0.35 measured the same on 2 CPUs)
 PIPELINE_ATTEMPTS = 3  # runs of the pipeline over chunks still without output (lost to dead workers or nodes)
 COMMIT_EVERY_CHUNKS = 4  # chunks per commit of the file records (or every 10 s): what a killed run can lose
 
@@ -126,8 +126,8 @@ class Plan:
 def plan_resources(*, node_cpus: Sequence[float], gpus: float, gpus_per_actor: float) -> Plan:
     """Size the model pool from a cluster's nodes.
 
-    The model is nearly all the work: a window's forward pass costs about 30
-    times its decoding and features. So each node keeps
+    The model is most of the work (about 60 % of the CPU, decoding and
+    features about 35 %: ``benchmarks/bench_profile.py``). Each node keeps
     :data:`FEATURIZE_SHARE` of its CPUs (at least one featurize task's) for
     the featurize tasks, and :data:`WRITER_CPUS` for the writer, and gives the
     rest to model actors of at most :data:`MAX_ACTOR_THREADS` CPUs, each
