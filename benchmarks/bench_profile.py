@@ -84,7 +84,8 @@ def make_archive(root: Path, *, short: int, short_s: float, long: int, long_s: f
         audio = np.repeat(mono[:, None], 2, axis=1) if fmt == "FLAC" else mono
         folder = root / ("music", "speech")[index % 2]  # labelled by folder, for featurize
         folder.mkdir(exist_ok=True)
-        with sf.SoundFile(folder / f"{index:04d}-{int(seconds)}s.{fmt.lower()}", "w", rate, audio.ndim, format=fmt) as out:
+        name = folder / f"{index:04d}-{int(seconds)}s.{fmt.lower()}"
+        with sf.SoundFile(name, "w", rate, audio.ndim, format=fmt) as out:
             for start in range(0, len(audio), 10 * rate):  # libsndfile's Vorbis encoder crashes on long writes
                 out.write(audio[start:start + 10 * rate])
 
@@ -108,26 +109,30 @@ def stage_profile(paths: list[Path], *, hop_s: float, out: Path) -> dict[str, di
     hop = config.hop_samples
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for number, path in enumerate(paths):
+        tracker, cue_s = CueTracker(sample_rate=config.sample_rate), [0.0]
+
+        def push(block: np.ndarray) -> None:  # the cues count as features, not as decoding
+            started = time.process_time()
+            tracker.push(block)
+            cue_s[0] += time.process_time() - started
+
         clock = time.process_time()
         with AudioStream.open(str(path)) as stream:
-            batches = list(stream.windows(config))
+            batches = list(stream.windows(config, on_audio=push))
             duration = stream.decoded_s
-        decode = time.process_time() - clock
+        decode = time.process_time() - clock - cue_s[0]
         clock = time.process_time()
-        tracker = CueTracker(sample_rate=config.sample_rate)
-        with AudioStream.open(str(path)) as stream:  # decoded again for the cues; that decode is taken off
-            for _ in stream.windows(config, on_audio=tracker.push):
-                pass
         cues = tracker.finish()
         codes = np.concatenate([featurize_hopped(batch.samples, hop_samples=hop, config=config) for batch in batches])
-        features = time.process_time() - clock - decode
+        features = time.process_time() - clock + cue_s[0]
         clock = time.process_time()
         probs = model.predict_codes(codes, batch_size=32)
         model_s = time.process_time() - clock
         clock = time.process_time()
         start_s = np.concatenate([batch.start_s for batch in batches])
-        label = aggregate(str(path), start_s=start_s, end_s=start_s + np.concatenate([batch.audio_s for batch in batches]),
-                          duration_s=duration, probs=class_probs(probs, model.labels), model_id=model.model_id,
+        end_s = start_s + np.concatenate([batch.audio_s for batch in batches])
+        label = aggregate(str(path), start_s=start_s, end_s=end_s, duration_s=duration,
+                          probs=class_probs(probs, model.labels), model_id=model.model_id,
                           feature_hash=config.hash, cues=cues)
         aggregate_s = time.process_time() - clock
         clock = time.process_time()

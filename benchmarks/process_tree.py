@@ -20,12 +20,11 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Measured:
-    """One command's exit code, wall seconds, CPU seconds of its process tree and most processes seen at once."""
+    """One command's exit code, wall seconds and CPU seconds of its process tree."""
 
     returncode: int
     wall_s: float
     cpu_s: float
-    processes: int
 
 
 def _stat(pid: int) -> tuple[int, int, float] | None:
@@ -47,7 +46,6 @@ def run_measured(argv: list[str], *, interval_s: float = 0.05, linger_s: float =
     started = ended = time.perf_counter()
     process = subprocess.Popen(argv, start_new_session=True, **popen)
     cpu: dict[int, float] = {}
-    most = 0
     while True:
         done = process.poll() is not None
         stats = {pid: stat for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
@@ -59,7 +57,6 @@ def run_measured(argv: list[str], *, interval_s: float = 0.05, linger_s: float =
             tree |= {pid for pid, (parent, session, _) in stats.items() if parent in tree or session == process.pid}
             grew = len(tree) > size
         alive = [pid for pid in tree if pid in stats]
-        most = max(most, len(alive))
         for pid in alive:
             cpu[pid] = max(cpu.get(pid, 0.0), stats[pid][2])
         if done and (not alive or time.perf_counter() - ended > linger_s):
@@ -67,4 +64,4 @@ def run_measured(argv: list[str], *, interval_s: float = 0.05, linger_s: float =
         if not done:
             ended = time.perf_counter()
         time.sleep(interval_s)
-    return Measured(process.returncode, time.perf_counter() - started, sum(cpu.values()), most)
+    return Measured(process.returncode, time.perf_counter() - started, sum(cpu.values()))
