@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python benchmarks/bench_broadcast.py CORPUS_DIR SPLIT_MANIFEST.csv [--programmes 3] [--minutes 8]
-        [--dir /tmp/msc-broadcast] [--model DIR] [--ina .peers/ina/bin/python] [--hops 5,1]
+        [--dir /tmp/msc-broadcast] [--model DIR] [--ina .peers/ina/bin/python] [--hops 5,1,1/5]
 
 **Programmes** are built from the corpus of ``scripts/corpus/build.sh`` and only
 from its clips of the ``test`` split of ``scripts/corpus_split_manifest.py``:
@@ -18,7 +18,8 @@ fade), with silences of 1-4 s (digital zero or noise at -75 dBFS) between some.
 The WAV files and their ground truth are cached in ``--dir``.
 
 **Methods**: msc's :func:`msc_core.labelling.label_file` with the default (or
-``--model``) model at each window hop of ``--hops`` (5: back to back; 1: 0.9985 s),
+``--model``) model at each window hop of ``--hops`` (5: back to back; 1: 0.9985 s,
+every window run; 1/5: a 1-s hop with a first pass every 5 s, labelling's default),
 and inaSpeechSegmenter 0.6.8 (``sm`` engine, its own venv, ../shared/peers/README.md)
 when ``--ina`` is given (its ``noEnergy`` is silence).
 
@@ -56,7 +57,7 @@ import soundfile as sf
 
 from msc_core import depth
 from msc_core.audio import load_audio, read_windows
-from msc_core.labelling import featurize_file, label_features, load_model, window_config
+from msc_core.labelling import featurize_file, label_features, label_file, load_model, window_config
 from msc_core.segmentation import FRAME_S, SEGMENT_LABELS
 
 RATE = 22050
@@ -221,11 +222,11 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def run_msc(model, items, hop_s: float) -> tuple[dict, float]:
-    """msc's segments of every programme at one window hop, and the CPU seconds of labelling."""
+def run_msc(model, items, hop_s: float, coarse_s: float | None) -> tuple[dict, float]:
+    """msc's segments of every programme at one window hop (and coarse pass), and the CPU seconds of labelling."""
     segments, started = {}, cpu_seconds()
     for path, _ in items:
-        label = label_features(featurize_file(path, window_config("all", hop_s)), model)
+        label = label_file(path, model, hop_s=hop_s, coarse_s=coarse_s)
         segments[path] = [(s.start_s, s.end_s, s.label) for s in label.segments]
     return segments, cpu_seconds() - started
 
@@ -268,7 +269,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/msc-broadcast"))
     parser.add_argument("--model", default=None, help="msc model directory (default: the bundled model)")
     parser.add_argument("--ina", default=None, metavar="PYTHON", help="python of an inaSpeechSegmenter venv")
-    parser.add_argument("--hops", default="5,1", help="msc window hops to run, s (5: back to back; 1: 0.9985 s)")
+    parser.add_argument("--hops", default="5,1,1/5", help="msc window hops to run, s (5: back to back; 1: 0.9985 s; "
+                                                       "1/5: hop 1 with a coarse pass every 5 s)")
     args = parser.parse_args()
 
     started = time.time()
@@ -281,9 +283,10 @@ def main() -> None:
     model = load_model(args.model)
     label_features(featurize_file(items[0][0], window_config("all", 1.0)), model)  # warm-up: TF, numba, caches
     estimates, cpu = {}, {}
-    for hop in args.hops.split(","):
-        name = f"msc, {'5-s windows' if float(hop) == 5 else f'hop {hop} s'}"
-        estimates[name], cpu[name] = run_msc(model, items, float(hop))
+    for spec in args.hops.split(","):
+        hop, _, coarse = spec.partition("/")
+        name = f"msc, {'5-s windows' if float(hop) == 5 else f'hop {hop} s'}{f', coarse {coarse} s' if coarse else ''}"
+        estimates[name], cpu[name] = run_msc(model, items, float(hop), float(coarse) if coarse else None)
     if args.ina:
         estimates["inaSpeechSegmenter sm"], cpu["inaSpeechSegmenter sm"] = run_ina(args.ina, items)
 

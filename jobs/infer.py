@@ -61,7 +61,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jobs.console import NORMAL, level, progress, summary
-from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, window_config
+from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, labelling_windows
 from jobs.raylib import add_ray_arguments, init_ray, node_cpus
 
 log = logging.getLogger("msc.infer")
@@ -85,7 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="msc model directory (default: the model bundled with msc)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (local path or URI)")
-    add_window_arguments(parser)
+    add_window_arguments(parser, labelling=True)
     add_view_argument(parser)
     add_limit_arguments(parser)
     parser.add_argument("--format", default="parquet,csv", metavar="FMT",
@@ -234,25 +234,30 @@ class LabelWindows:
     every ok window of a batch.
 
     Replaces ``codes`` with ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`;
-    NaN on error rows).
+    NaN on error rows, and on the windows a coarse pass skipped: :func:`msc_core.labelling.coarse_to_fine`).
     """
 
-    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int):
+    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int, coarse_s: float | None):
         from msc_core.labelling import load_model
 
         self.model = load_model(model_dir, threads=threads)
-        self.batch_size, self.view = batch_size, view
+        self.batch_size, self.view, self.coarse_s = batch_size, view, coarse_s
 
     def __call__(self, batch: dict) -> dict:
         from msc_core.config import CLASSES
-        from msc_core.labelling import class_probs
+        from msc_core.labelling import class_probs, coarse_to_fine
 
-        ok = batch["error"] == ""
-        probs = np.full((len(ok), len(CLASSES)), np.nan)
-        if ok.any():
-            probs[ok] = class_probs(self.model.predict_codes(np.asarray(batch["codes"][ok], np.uint8),
-                                                             batch_size=self.batch_size),
-                                    self.model.labels, view=self.view)
+        ok = np.flatnonzero(batch["error"] == "")
+        probs = np.full((len(batch["error"]), len(CLASSES)), np.nan)
+        if len(ok):
+            def predict(positions: np.ndarray) -> np.ndarray:
+                codes = np.asarray(batch["codes"][ok[positions]], np.uint8)
+                return class_probs(self.model.predict_codes(codes, batch_size=self.batch_size), self.model.labels,
+                                   view=self.view)
+
+            chunk, file = batch["chunk_id"][ok], batch["file"][ok]
+            group = np.cumsum(np.concatenate([[0], (chunk[1:] != chunk[:-1]) | (file[1:] != file[:-1])]))
+            probs[ok] = coarse_to_fine(group, batch["start_s"][ok], predict, coarse_s=self.coarse_s)
         out = {name: values for name, values in batch.items() if name != "codes"}
         out.update({f"p_{name}": probs[:, column] for column, name in enumerate(CLASSES)})
         return out
@@ -311,7 +316,8 @@ class WriteChunks:
         probs = [f"p_{name}" for name in CLASSES]
         columns = {name: rows[name].to_numpy(zero_copy_only=False) for name in
                    ("file", "path", "start_s", "end_s", "duration_s", "truncated_at_s", "error", "cues", *probs)}
-        order = np.lexsort((columns["start_s"], columns["file"]))
+        kept = (columns["error"] != "") | ~np.isnan(columns[probs[0]])  # not the windows a coarse pass skipped
+        order = np.flatnonzero(kept)[np.lexsort((columns["start_s"][kept], columns["file"][kept]))]
         columns = {name: values[order] for name, values in columns.items()}
         labels = []
         for run in np.split(np.arange(len(order)), np.flatnonzero(np.diff(columns["file"])) + 1):
@@ -341,12 +347,13 @@ def part_name(kind: str, chunk_id: str) -> str:
     return f"parts/{kind}/{chunk_id}.parquet"
 
 
-def settings_of(*, model_id: str, config, max_windows: int, view: str) -> str:
-    """What every result depends on beside its file: the model, the features, the window policy,
-    ``--max-windows`` and ``--labels``."""
+def settings_of(*, model_id: str, config, coarse_s: float | None, max_windows: int, view: str) -> str:
+    """What every result depends on beside its file: the model, the features, the window policy and
+    coarse pass, ``--max-windows`` and ``--labels``."""
+    first_pass = {} if coarse_s is None else {"coarse_s": coarse_s}  # earlier outputs stay valid without one
     return json.dumps({"model_id": model_id, "feature_hash": config.hash, "window": config.window.mode,
-                       "hop_seconds": config.window.hop_seconds, "max_windows": max_windows, "view": view},
-                      sort_keys=True)
+                       "hop_seconds": config.window.hop_seconds, "max_windows": max_windows, "view": view,
+                       **first_pass}, sort_keys=True)
 
 
 def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[str], run_summary) -> None:
@@ -401,8 +408,8 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
 
 
 # ---------------------------------------------------------------------------------------- run
-def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str, model_id: str, batch_size: int,
-                 view: str, num_gpus: float, isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None, limits, model_dir: str,
+                 model_id: str, batch_size: int, view: str, num_gpus: float, isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
     """Run the pipeline once over ``pending`` chunks (:class:`msc_core.engine.Chunk`) on the connected cluster.
 
     Yields ``(chunk id, [(part, bytes), ...])`` as each chunk's parts are
@@ -423,7 +430,7 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
                      compute=ray.data.ActorPoolStrategy(min_size=1, initial_size=plan.actors, max_size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
                      fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size, "view": view,
-                                            "threads": plan.threads})
+                                            "threads": plan.threads, "coarse_s": coarse_s})
         .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
                      compute=ray.data.ActorPoolStrategy(size=1),
                      fn_constructor_kwargs={"out_dir": out, "model_id": model_id, "feature_hash": config.hash})
@@ -439,7 +446,7 @@ def label_chunks(pending: Sequence, *, out: str, config, limits, model_dir: str,
 
 
 def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
-                  hop_s: float | None = None, view: str = "all", limits=None,
+                  hop_s: float | None = None, coarse_s: float | None = None, view: str = "all", limits=None,
                   formats: Sequence[str] = ("parquet", "csv"),
                   batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
                   address: str | None = None, num_cpus: int | None = None,
@@ -454,8 +461,10 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         Output folder (local path or URI).
     model : str or None
         Model directory (None: the bundled model).
-    window, hop_s
-        Window policy (:func:`msc_core.labelling.window_config`).
+    window, hop_s, coarse_s
+        Windows and first pass, with labelling's defaults (:func:`msc_core.labelling.labelling_windows`:
+        a 1-s hop, the model every 5 s first and in between only where the content changes;
+        ``windows`` holds the windows run).
     view : {"all", "binary"}
         Every content class, or the paper's speech/music view (:func:`msc_core.labelling.class_probs`).
     limits : DecodeLimits or None
@@ -493,7 +502,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     from msc_core.audio import DecodeLimits
     from msc_core.engine import Run, is_disk_full, list_entries
     from msc_core.errors import InputError, MscError, StorageFullError
-    from msc_core.labelling import check_model, model_location, window_config
+    from msc_core.labelling import check_model, labelling_windows, model_location
     from msc_core.report import RunSummary, finish_run
     from msc_core.sources import iter_audio_paths, unlabelled_item
     from msc_core.storage import require_output_dir, resolve_filesystem
@@ -506,7 +515,10 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         raise InputError("--chunk-files and --batch-size must be at least 1")
     require_output_dir(out)
     run_summary = RunSummary("infer", arguments=dict(arguments or {}))
-    config = window_config(window, hop_s)
+    try:
+        config, coarse_s = labelling_windows(window, hop_s, coarse_s)
+    except ValueError as error:
+        raise InputError(str(error)) from error
     limits = limits or DecodeLimits()
     model_id = check_model(model)["model_id"]  # refuses a bad model before any work; the actors load it
     model_dir = str(model_location(model))
@@ -515,7 +527,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     listing = list_entries((unlabelled_item(path) for path in iter_audio_paths(sources)), sources=sources)
     filesystem, root = resolve_filesystem(out)
     root = root.rstrip("/")
-    run = Run(out, listing=listing, settings=settings_of(model_id=model_id, config=config,
+    run = Run(out, listing=listing, settings=settings_of(model_id=model_id, config=config, coarse_s=coarse_s,
                                                          max_windows=limits.max_windows, view=view),
               files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
               every_chunks=COMMIT_EVERY_CHUNKS, verify=True)  # parts are small: read each in full
@@ -527,7 +539,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
             break
         init_ray(address, num_cpus=num_cpus)
         try:
-            for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, limits=limits,
+            for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, coarse_s=coarse_s,
+                                                limits=limits,
                                                 model_dir=model_dir, model_id=model_id, batch_size=batch_size,
                                                 view=view, num_gpus=num_gpus, isolate=isolate):
                 run.done(pending.pop(chunk_id), parts=parts)
@@ -554,12 +567,12 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
 def run(args: argparse.Namespace) -> int:
     """Run ``msc infer`` from parsed arguments; returns the exit code (0 all labelled, 1 some files failed)."""
     formats = [name.strip() for name in args.format.split(",") if name.strip()]
-    window_config(args)  # refuses bad window options with the CLI's words
+    labelling_windows(args)  # refuses bad window options with the CLI's words
     from msc_core.report import arguments_of
 
     result = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
-                           view=args.view, limits=decode_limits(args), formats=formats, batch_size=args.batch_size,
-                           num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
+                           coarse_s=args.coarse, view=args.view, limits=decode_limits(args), formats=formats,
+                           batch_size=args.batch_size, num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
                            address=args.address, num_cpus=args.num_cpus, arguments=arguments_of(args))
     line, *details = result["console"]
     summary(line)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 
 
-def add_window_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--window first|all`` and ``--hop S``: how files are cut into 5-s windows."""
+def add_window_arguments(parser: argparse.ArgumentParser, *, labelling: bool = False) -> None:
+    """``--window first|all`` and ``--hop S`` (with ``labelling``: and ``--coarse S``): how files are cut
+    into 5-s windows."""
     parser.add_argument("--window", choices=("all", "first"), default="all",
                         help="every window (default) or only the first 5 s, as in the paper")
+    if not labelling:
+        parser.add_argument("--hop", type=float, default=None, metavar="S",
+                            help="seconds between window starts with --window all (default 5, back to back)")
+        return
     parser.add_argument("--hop", type=float, default=None, metavar="S",
-                        help="seconds between window starts with --window all (default 5, back to back)")
+                        help="seconds between window starts with --window all (default 1: windows overlap and "
+                             "boundaries land within a second; 5: back to back, fastest)")
+    parser.add_argument("--coarse", type=float, default=None, metavar="S",
+                        help="run the model on windows S seconds apart first, and on the windows in between only "
+                             "where the content changes (default 5 with overlapping windows; 0: every window)")
 
 
 def add_view_argument(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +50,30 @@ def window_config(args: argparse.Namespace):
         return config_of(args.window, args.hop)
     except ValueError as error:
         raise InputError(str(error)) from error
+
+
+def labelling_windows(args: argparse.Namespace):
+    """The windows ``msc infer`` and ``msc predict`` label from, and their first pass
+    (:func:`msc_core.labelling.labelling_windows`).
+
+    Returns
+    -------
+    config : FeatureConfig
+    coarse_s : float or None
+
+    Raises
+    ------
+    InputError
+        ``--hop`` with ``--window first``, a hop that is not positive, or a ``--coarse`` that cannot apply.
+    """
+    from msc_core.errors import InputError
+    from msc_core.labelling import labelling_windows as windows_of
+
+    window_config(args)  # refuses a bad --window/--hop in the same words as every job
+    try:
+        return windows_of(args.window, args.hop, args.coarse)
+    except ValueError as error:
+        raise InputError(str(error).replace("window 'all'", "--window all")) from error
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, window_config
+from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, labelling_windows
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (paths or fsspec URIs)")
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="msc model directory (default: the model bundled with msc)")
-    add_window_arguments(parser)
+    add_window_arguments(parser, labelling=True)
     add_view_argument(parser)
     add_limit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -37,15 +37,16 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.isolation import shared_child
     from msc_core.labelling import FileLabel, format_label, label_dict, label_features, load_model, warm_up
 
-    config = window_config(args)  # refuses bad options before the model loads
+    config, coarse_s = labelling_windows(args)  # refuses bad options before the model loads
     limits = decode_limits(args)
     model = load_model(args.model)
     child = None if args.no_isolation else shared_child(warm_up=warm_up)
     labels = []
     for path in args.files:  # the jobs' per-file step, so that a file fails here as it fails in msc infer
         result = process_file(path, config, limits=limits, child=child)
-        labels.append(label_features(result.features, model, view=args.view) if result.features is not None else
-                      FileLabel.failed(path, result.message, model_id=model.model_id, feature_hash=model.config.hash))
+        labels.append(FileLabel.failed(path, result.message, model_id=model.model_id, feature_hash=model.config.hash)
+                      if result.features is None else
+                      label_features(result.features, model, view=args.view, coarse_s=coarse_s))
     if args.json:
         print(json.dumps([label_dict(label) for label in labels], indent=1))
     else:

@@ -58,7 +58,7 @@ class DecodeLimits:
 
     max_duration_s: float = 12 * 3600.0
     max_decode_s: float = 900.0
-    max_windows: int = 20_000
+    max_windows: int = 50_000  # 13.9 h at labelling's 1-s hop, over max_duration_s
     min_audio_s: float = 1.0
 
 

@@ -3,9 +3,13 @@
 How a file is labelled
 ----------------------
 1. The file is cut into windows under a :class:`~msc_core.config.WindowPolicy`
-   (``window="all"``: every ``hop_s`` seconds, default 5 s back to back;
-   ``window="first"``: the paper's rule, the first 5 s only) and each window is
-   featurized into compact codes (:func:`featurize_file`).
+   (``window="all"``: every ``hop_s`` seconds, by default 0.9985 s, so that
+   windows overlap; ``window="first"``: the paper's rule, the first 5 s only)
+   and each window is featurized into compact codes (:func:`featurize_file`).
+   With overlapping windows the model first runs on every fifth window
+   (``coarse_s``, 4.99 s) and then on the windows in between only where two
+   neighbours of that pass disagree (:func:`coarse_to_fine`): the boundaries
+   of a 1-s hop for about half its model time or less (:func:`labelling_windows`).
 2. The model gives each window a probability per class it knows, spread over
    the content classes :data:`~msc_core.config.CLASSES` (speech, music,
    speech_over_music, noise) by :func:`class_probs`: a class the model does not
@@ -14,7 +18,8 @@ How a file is labelled
    music counts as speech, noise is left out and speech and music are scaled to sum to 1.
 3. **Aggregation** (:func:`aggregate`): ``p_<class>`` is the *mean* of the
    windows' probabilities of that class; ``<class>_fraction`` is the share of
-   windows whose own argmax is that class.
+   windows whose own argmax is that class; each window weighs the stretch it
+   stands for (:func:`window_weights`: all the same on a regular grid).
    The file's ``label`` is its dominant content class, the one with the most
    seconds in its segments (step 4), or ``silence`` for a file with no
    content; ``confidence`` is that label's segments' confidence weighted by
@@ -53,7 +58,7 @@ Example
 -------
 >>> from msc_core.labelling import load_model, label_file
 >>> model = load_model("models/msc-v1")          # or load_model() for the bundled default
->>> result = label_file("talk.mp3", model)       # every 5-s window of the file
+>>> result = label_file("talk.mp3", model)       # 5-s windows every second, the model where content changes
 >>> result.label, round(result.confidence, 2)
 ('speech', 0.93)
 >>> for segment in result.segments:
@@ -71,7 +76,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +92,13 @@ if TYPE_CHECKING:
     from .model import MscModel
 
 SPEECH, MUSIC, SPEECH_OVER_MUSIC = CLASSES.index("speech"), CLASSES.index("music"), CLASSES.index("speech_over_music")
+LABEL_HOP_S = 1.0
+"""Labelling's default hop (s): overlapping windows, one every 0.9985 s (:func:`labelling_windows`)."""
+LABEL_COARSE_S = 5.0
+"""Labelling's default first pass (s): every fifth window, the rest only where the content changes."""
+REFINE_CHANGE = 0.25
+"""A coarse pass (:func:`coarse_to_fine`) refines between two neighbouring windows whose most probable
+classes differ or whose probability of some class differs by more than this."""
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 """Where the package's bundled model lives once it ships (see :func:`load_model`)."""
 
@@ -233,14 +245,19 @@ class FileLabel:
         return {name: derived[name] if name in derived else getattr(self, name) for name in PREDICTIONS_SCHEMA.names}
 
     def probability(self, name: str) -> float | None:
-        """Mean window probability of the content class ``name`` (None for a file that failed)."""
-        return float(self.window_probs[:, CLASSES.index(name)].mean()) if self.status == "ok" else None
-
-    def fraction(self, name: str) -> float | None:
-        """Share of windows whose most probable class is ``name`` (None for a file that failed)."""
+        """Mean window probability of the content class ``name``, each window weighted by the stretch
+        it stands for (:func:`window_weights`; None for a file that failed)."""
         if self.status != "ok":
             return None
-        return float(np.mean(np.argmax(self.window_probs, axis=1) == CLASSES.index(name)))
+        return float(np.average(self.window_probs[:, CLASSES.index(name)], weights=window_weights(self.window_start_s)))
+
+    def fraction(self, name: str) -> float | None:
+        """Share of windows whose most probable class is ``name``, weighted as in :meth:`probability`
+        (None for a file that failed)."""
+        if self.status != "ok":
+            return None
+        wins = np.argmax(self.window_probs, axis=1) == CLASSES.index(name)
+        return float(np.average(wins, weights=window_weights(self.window_start_s)))
 
     def seconds(self, label: str) -> float | None:
         """Seconds of the segments labelled ``label`` (None for a file that failed)."""
@@ -314,6 +331,82 @@ def aggregate(path: str, *, start_s: np.ndarray, end_s: np.ndarray, duration_s: 
         model_id=model_id, feature_hash=feature_hash, status="ok", error=None, truncated=truncated_at_s is not None,
         truncated_at_s=truncated_at_s, window_start_s=np.asarray(start_s, np.float64),
         window_end_s=np.asarray(end_s, np.float64), window_probs=probs, segments=segments)
+
+
+def window_weights(start_s: np.ndarray) -> np.ndarray:
+    """How much of its file each window stands for: half the distance between its neighbours' starts.
+
+    Windows on a regular grid weigh the same; after :func:`coarse_to_fine`, a
+    first-pass window stands for the stretch up to its refined neighbours.
+
+    Parameters
+    ----------
+    start_s : np.ndarray, float, shape (W,), W >= 1
+        Window starts (s), increasing.
+
+    Returns
+    -------
+    np.ndarray, float64, shape (W,)
+        Positive weights (s; all 1 for a single window). The ends count their one neighbour's gap twice.
+    """
+    start_s = np.asarray(start_s, np.float64)
+    if len(start_s) < 2:
+        return np.ones(len(start_s))
+    gaps = np.diff(start_s)
+    return np.maximum((np.concatenate([gaps[:1], gaps]) + np.concatenate([gaps, gaps[-1:]])) / 2, 1e-9)
+
+
+def coarse_to_fine(group: np.ndarray, start_s: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], *,
+                   coarse_s: float | None, change: float = REFINE_CHANGE) -> np.ndarray:
+    """Run a model on windows ``coarse_s`` apart first, then only on the windows between disagreeing neighbours.
+
+    The first pass takes the windows that start on a multiple of
+    ``coarse_s`` and the first and last window of each group (so a file
+    split over several batches is covered end to end). Between two
+    neighbouring first-pass windows of a group whose most probable classes
+    differ, or whose probability of some class differs by more than
+    ``change``, the second pass takes every window. Elsewhere the content
+    does not change at the first pass's resolution and the windows in
+    between are not run.
+
+    Parameters
+    ----------
+    group : np.ndarray, shape (W,)
+        Which file each window belongs to; a file's windows are contiguous.
+    start_s : np.ndarray, float, shape (W,)
+        Window starts (s), on :data:`PAPER`'s STFT frame grid, increasing within a group.
+    predict : callable
+        ``predict(positions)`` with ``positions`` int (K,) into the W windows
+        returns their class probabilities, float (K, C).
+    coarse_s : float or None
+        First-pass spacing (:func:`labelling_windows`); None runs every window in one pass.
+    change : float
+        Probability difference that calls for the second pass.
+
+    Returns
+    -------
+    np.ndarray, float64, shape (W, C)
+        The probabilities of every window run; NaN rows for the windows skipped.
+    """
+    group = np.asarray(group)
+    if coarse_s is None or len(group) < 3:
+        return np.asarray(predict(np.arange(len(group))), np.float64)
+    frame_s = PAPER.hop_length / PAPER.sample_rate
+    on_grid = np.rint(np.asarray(start_s) / frame_s).astype(np.int64) % int(round(coarse_s / frame_s)) == 0
+    edge = np.ones(len(group), bool)
+    edge[1:-1] = (group[1:-1] != group[:-2]) | (group[1:-1] != group[2:])
+    first = np.flatnonzero(edge | on_grid)
+    coarse = np.asarray(predict(first), np.float64)
+    probs = np.full((len(group), coarse.shape[1]), np.nan)
+    probs[first] = coarse
+    left, right = first[:-1], first[1:]
+    differ = ((np.argmax(coarse[:-1], axis=1) != np.argmax(coarse[1:], axis=1))
+              | (np.abs(coarse[:-1] - coarse[1:]).max(axis=1) > change)) & (group[left] == group[right])
+    between = [np.arange(a + 1, b) for a, b in zip(left[differ], right[differ]) if b > a + 1]
+    if between:
+        second = np.concatenate(between)
+        probs[second] = predict(second)
+    return probs
 
 
 def class_probs(probs: np.ndarray, labels: Sequence[str], *, view: Literal["all", "binary"] = "all") -> np.ndarray:
@@ -405,6 +498,50 @@ def window_config(window: Literal["first", "all"] = "all", hop_s: float | None =
         frame_s = PAPER.hop_length / PAPER.sample_rate
         hop_s = max(1, round(hop_s / frame_s)) * frame_s
     return PAPER.with_window(mode=window, hop_seconds=hop_s)
+
+
+def labelling_windows(window: Literal["first", "all"] = "all", hop_s: float | None = None,
+                      coarse_s: float | None = None) -> tuple[FeatureConfig, float | None]:
+    """The windows a file is labelled from, with labelling's defaults (:func:`label_file`, ``msc infer``).
+
+    Parameters
+    ----------
+    window : {"all", "first"}
+        Every window, or the paper's first 5 s only.
+    hop_s : float or None
+        Seconds between window starts with ``window="all"``; None:
+        :data:`LABEL_HOP_S`. Rounded as in :func:`window_config`.
+    coarse_s : float or None
+        Seconds between the windows of a first pass (:func:`coarse_to_fine`),
+        rounded to whole hops; 0: no first pass, every window is run; None:
+        :data:`LABEL_COARSE_S` where the windows overlap and it spans at least two hops.
+
+    Returns
+    -------
+    config : FeatureConfig
+    coarse_s : float or None
+        The first pass's spacing (s), a whole number of hops; None: every window is run.
+
+    Raises
+    ------
+    ValueError
+        A hop with ``window="first"``; a first pass asked for over windows that do not overlap, or
+        closer than two hops.
+    """
+    if window == "first" and hop_s is not None:
+        raise ValueError("a hop applies to window 'all' only")
+    config = window_config(window, LABEL_HOP_S if hop_s is None and window == "all" else hop_s)
+    hop = config.hop_samples / config.sample_rate
+    overlapping = config.window.mode == "all" and config.hop_samples < config.window_samples
+    if coarse_s == 0 or (coarse_s is None and not (overlapping and LABEL_COARSE_S >= 2 * hop)):
+        return config, None
+    coarse_s = LABEL_COARSE_S if coarse_s is None else coarse_s
+    if not overlapping:
+        raise ValueError("a coarse pass needs overlapping windows (window 'all' with a hop under 5 s)")
+    hops = int(round(coarse_s / hop))
+    if hops < 2:
+        raise ValueError(f"the coarse pass's spacing must be at least two hops ({2 * hop:.4g} s), not {coarse_s:g}")
+    return config, hops * hop
 
 
 def iter_features(source: str | os.PathLike | io.BufferedIOBase, config: FeatureConfig = PAPER, *,
@@ -554,17 +691,27 @@ def load_model(path: str | os.PathLike | None = None, *, threads: int | None = N
 
 
 def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int = 32,
-                   view: Literal["all", "binary"] = "all") -> FileLabel:
-    """Run ``model`` on a file's featurized windows and :func:`aggregate` them (``view`` as in :func:`class_probs`)."""
-    probs = class_probs(model.predict_codes(features.codes, batch_size=batch_size), model.labels, view=view)
-    return aggregate(features.path, start_s=features.start_s, end_s=features.end_s, duration_s=features.duration_s,
-                     probs=probs, model_id=model.model_id, feature_hash=model.config.hash,
-                     truncated_at_s=features.truncated_at_s, cues=features.cues)
+                   view: Literal["all", "binary"] = "all", coarse_s: float | None = None) -> FileLabel:
+    """Run ``model`` on a file's featurized windows and :func:`aggregate` them.
+
+    ``view`` as in :func:`class_probs`. With ``coarse_s`` (:func:`labelling_windows`)
+    the model runs on the windows :func:`coarse_to_fine` picks, and only those are reported.
+    """
+    def predict(positions: np.ndarray) -> np.ndarray:
+        return class_probs(model.predict_codes(features.codes[positions], batch_size=batch_size), model.labels,
+                           view=view)
+
+    probs = coarse_to_fine(np.zeros(len(features.start_s)), features.start_s, predict, coarse_s=coarse_s)
+    run = ~np.isnan(probs[:, 0])
+    return aggregate(features.path, start_s=features.start_s[run], end_s=features.end_s[run],
+                     duration_s=features.duration_s, probs=probs[run], model_id=model.model_id,
+                     feature_hash=model.config.hash, truncated_at_s=features.truncated_at_s, cues=features.cues)
 
 
 def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal["first", "all"] = "all",
-               hop_s: float | None = None, batch_size: int = 32, view: Literal["all", "binary"] = "all",
-               limits: DecodeLimits = DecodeLimits(), child: "ChildProcess | None" = None) -> FileLabel:
+               hop_s: float | None = None, coarse_s: float | None = None, batch_size: int = 32,
+               view: Literal["all", "binary"] = "all", limits: DecodeLimits = DecodeLimits(),
+               child: "ChildProcess | None" = None) -> FileLabel:
     """Label one audio file (what ``msc predict`` prints and ``msc infer`` writes for it).
 
     Parameters
@@ -575,9 +722,11 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
         From :func:`load_model`.
     window : {"all", "first"}
         Every window (default), or the paper's first 5 s only.
-    hop_s : float or None
-        Seconds between window starts with ``window="all"`` (default: 5, back to
-        back); a shorter hop is rounded to whole STFT frames (:func:`window_config`).
+    hop_s, coarse_s : float or None
+        Seconds between window starts with ``window="all"``, and between the
+        windows of a first pass run before the rest only where the content
+        changes (:func:`labelling_windows`; default 0.9985 and 4.99 s; ``hop_s=5``: back
+        to back, ``coarse_s=0``: every window).
     batch_size : int
         Windows per forward pass.
     view : {"all", "binary"}
@@ -590,16 +739,17 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
     FileLabel
         ``status="error"`` with the reason when the file cannot be decoded.
     """
+    config, coarse_s = labelling_windows(window, hop_s, coarse_s)
     try:
-        features = featurize_file(source, window_config(window, hop_s), limits=limits, child=child)
+        features = featurize_file(source, config, limits=limits, child=child)
     except AudioDecodeError as error:
         return FileLabel.failed(str(source), str(error), model_id=model.model_id, feature_hash=model.config.hash)
-    return label_features(features, model, batch_size=batch_size, view=view)
+    return label_features(features, model, batch_size=batch_size, view=view, coarse_s=coarse_s)
 
 
 def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
-                window: Literal["first", "all"] = "all", hop_s: float | None = None, batch_size: int = 32,
-                view: Literal["all", "binary"] = "all", name: str = "<array>") -> FileLabel:
+                window: Literal["first", "all"] = "all", hop_s: float | None = None, coarse_s: float | None = None,
+                batch_size: int = 32, view: Literal["all", "binary"] = "all", name: str = "<array>") -> FileLabel:
     """Label audio already in memory, exactly as :func:`label_file` labels the same samples in a WAV file.
 
     Parameters
@@ -608,7 +758,7 @@ def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
         Audio in [-1, 1] at ``sample_rate``; channels are averaged.
     sample_rate : int
         Hz.
-    model, window, hop_s, batch_size, view
+    model, window, hop_s, coarse_s, batch_size, view
         As in :func:`label_file`.
     name : str
         ``path`` of the result.
@@ -618,11 +768,12 @@ def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
     buffer = io.BytesIO()
     soundfile.write(buffer, np.asarray(samples, np.float32), int(sample_rate), format="WAV", subtype="FLOAT")
     buffer.seek(0)
+    config, coarse_s = labelling_windows(window, hop_s, coarse_s)
     try:
-        features = featurize_file(buffer, window_config(window, hop_s), name=name)
+        features = featurize_file(buffer, config, name=name)
     except AudioDecodeError as error:
         return FileLabel.failed(name, str(error), model_id=model.model_id, feature_hash=model.config.hash)
-    return label_features(features, model, batch_size=batch_size, view=view)
+    return label_features(features, model, batch_size=batch_size, view=view, coarse_s=coarse_s)
 
 
 def format_label(label: FileLabel, *, segments: bool = True) -> str:

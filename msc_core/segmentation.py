@@ -312,21 +312,22 @@ def refine_boundaries(runs: list[Run], bands: np.ndarray, probs: np.ndarray, *, 
         :attr:`FrameCues.bands`; frames past F' are not searched.
     probs : np.ndarray, float, shape (S, F)
         The frame probabilities the confidences are taken from.
-    radius_s : float
-        Search this far on each side (s), never past the middle of a neighbouring run.
+    radius_s : float or np.ndarray, float, shape (len(runs) - 1,)
+        Search this far on each side (s) of every inner boundary, or of each
+        one; never past the middle of a neighbouring run.
 
     Returns
     -------
     list of Run
     """
     novelty = _novelty(bands, int(round(params.novelty_s / FRAME_S)))
-    radius = int(round(radius_s / FRAME_S))
+    radius = np.rint(np.broadcast_to(radius_s, (max(len(runs) - 1, 0),)) / FRAME_S).astype(int)
     edges = [run.start for run in runs] + [runs[-1].stop]
     for i in range(1, len(runs)):
         if _SILENCE in (runs[i - 1].state, runs[i].state):
             continue
-        low = max(edges[i] - radius, (runs[i - 1].start + runs[i - 1].stop) // 2 + 1)
-        high = min(edges[i] + radius, (runs[i].start + runs[i].stop) // 2, len(novelty))
+        low = max(edges[i] - radius[i - 1], (runs[i - 1].start + runs[i - 1].stop) // 2 + 1)
+        high = min(edges[i] + radius[i - 1], (runs[i].start + runs[i].stop) // 2, len(novelty))
         if high > low:
             edges[i] = low + int(np.argmax(novelty[low:high]))
     return [Run(edges[i], edges[i + 1], run.state, float(probs[run.state, edges[i]:edges[i + 1]].mean()))
@@ -378,10 +379,20 @@ def segment_timeline(centre_s: np.ndarray, probs: np.ndarray, duration_s: float,
     frame_probs = frame_probabilities(centre_s, probs, frames, silent)
     runs = smooth(frame_probs, params)
     if cues is not None and cues.frames and len(runs) > 1:
-        spacing = float(np.median(np.diff(centre_s))) if len(centre_s) > 1 else 0.0
-        runs = refine_boundaries(runs, cues.bands, frame_probs, radius_s=max(spacing, 1.0), params=params)
+        runs = refine_boundaries(runs, cues.bands, frame_probs, radius_s=_spacing_at(
+            centre_s, np.array([run.start for run in runs[1:]]) * FRAME_S), params=params)
     return [(round(run.start * FRAME_S, 2), float(duration_s) if run.stop == frames else round(run.stop * FRAME_S, 2),
              SEGMENT_LABELS[run.state], run.confidence) for run in runs]
+
+
+def _spacing_at(centre_s: np.ndarray, times_s: np.ndarray) -> np.ndarray:
+    """Distance (s, at least 1) between the window centres either side of each time: how far off a
+    boundary found there may be."""
+    centre_s = np.asarray(centre_s, np.float64)
+    if len(centre_s) < 2:
+        return np.ones(len(times_s))
+    after = np.clip(np.searchsorted(centre_s, times_s), 1, len(centre_s) - 1)
+    return np.maximum(centre_s[after] - centre_s[after - 1], 1.0)
 
 
 def _runs(values: np.ndarray) -> list[tuple[int, int, object]]:

@@ -116,7 +116,7 @@ def test_infer_kills_hung_files_and_flags_truncation(ray_local, hanging_archive,
     listing = tmp_path / "files.txt"
     listing.write_text("".join(f"{path}\n" for path in hanging_archive))
     out = tmp_path / "labels"
-    code, seconds = limited(["infer", str(listing), "--model", str(model_dir), "--out", str(out)])
+    code, seconds = limited(["infer", str(listing), "--model", str(model_dir), "--out", str(out), "--hop", "5"])
     assert code == 1 and seconds < 120
     for table in (pd.read_parquet(out / "predictions.parquet"), pd.read_csv(out / "predictions.csv")):
         by_path = table.set_index("path")

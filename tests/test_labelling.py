@@ -8,11 +8,14 @@ import pytest
 from msc_core import synth
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
-from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, class_probs, dominant_label,
-                                featurize_file, format_label, label_array, label_dict, label_file, label_tables,
-                                load_model, segments_of, window_config)
+from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, class_probs, coarse_to_fine,
+                                dominant_label, featurize_file, format_label, label_array, label_dict, label_file,
+                                label_tables, labelling_windows, load_model, segments_of, window_config,
+                                window_weights)
 from msc_core.model import MscModel, build_model
 from tests.conftest import write_audio
+
+RATE = PAPER.sample_rate
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +179,60 @@ def test_speech_over_music_and_noise_get_segments_seconds_and_fractions():
     assert row["p_noise"] == pytest.approx(0.925 / 3 + 0.025 * 2 / 3)
     _, windows, _ = label_tables([label])
     np.testing.assert_allclose(windows["p_speech_over_music"].to_numpy()[:4], 0.925)
+
+
+def test_coarse_to_fine_runs_the_model_only_where_the_content_changes():
+    hop = window_config("all", 1.0).hop_samples / PAPER.sample_rate
+    group = np.repeat([0, 1], [30, 12])
+    start_s = np.concatenate([np.arange(30), np.arange(12)]) * hop
+    truth = np.where(np.concatenate([np.arange(30) < 13, np.zeros(12, bool)]), 0, 1)  # file 0 changes at window 13
+    asked = []
+
+    def predict(positions):
+        asked.append(positions)
+        return np.eye(2)[truth[positions]]
+
+    probs = coarse_to_fine(group, start_s, predict, coarse_s=5 * hop)
+    first, second = asked
+    # every fifth window and each file's first and last, then only the windows between 10 and 15
+    assert list(first) == [0, 5, 10, 15, 20, 25, 29, 30, 35, 40, 41]
+    assert list(second) == [11, 12, 13, 14]
+    run = ~np.isnan(probs[:, 0])
+    assert np.flatnonzero(run).tolist() == sorted([*first, *second])
+    np.testing.assert_array_equal(probs[run], np.eye(2)[truth[run]])
+    full = coarse_to_fine(group, start_s, predict, coarse_s=None)
+    assert not np.isnan(full).any() and len(asked[-1]) == 42
+
+
+def test_windows_weigh_the_stretch_they_stand_for():
+    np.testing.assert_allclose(window_weights(np.arange(4) * 5.0), [5, 5, 5, 5])
+    np.testing.assert_allclose(window_weights(np.array([0.0, 5, 6, 7, 12])), [5, 3, 1, 3, 5])
+    np.testing.assert_allclose(window_weights(np.array([3.0])), [1])
+    label = aggregate("a", start_s=np.array([0.0, 5, 6, 7, 12]), end_s=np.array([5.0, 10, 11, 12, 17]),
+                      duration_s=17, probs=binary(np.array([[1.0, 0], [1, 0], [0, 1], [0, 1], [0, 1]])),
+                      model_id="m", feature_hash="h")
+    assert label.probability("speech") == pytest.approx(8 / 17) and label.fraction("music") == pytest.approx(9 / 17)
+
+
+def test_labelling_defaults_to_a_1_s_hop_with_a_5_s_first_pass():
+    config, coarse_s = labelling_windows()
+    assert config.hop_samples == 43 * 512 and coarse_s == pytest.approx(5 * 43 * 512 / PAPER.sample_rate)
+    assert labelling_windows(hop_s=5.0)[1] is None and labelling_windows(coarse_s=0)[1] is None
+    assert labelling_windows(hop_s=3.0)[1] is None  # the default 5 s is under two hops
+    assert labelling_windows("first") == (window_config("first"), None)
+    assert labelling_windows(hop_s=0.5, coarse_s=2)[1] == pytest.approx(4 * 22 * 512 / PAPER.sample_rate)
+    for bad in ({"hop_s": 5.0, "coarse_s": 10}, {"hop_s": 1.0, "coarse_s": 1.2}, {"window": "first", "hop_s": 1.0}):
+        with pytest.raises(ValueError):
+            labelling_windows(**bad)
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_DIR.is_dir(), reason="this msc bundles no default model")
+def test_a_first_pass_finds_the_boundaries_of_every_window_for_less():
+    music, speech = synth.music_like(31, sample_rate=RATE, seed=4), synth.speech_like(27, sample_rate=RATE, seed=5)
+    signal = np.concatenate([music, speech, music[:22 * RATE]])
+    model = load_model()
+    every = label_array(signal, RATE, model, view="binary", coarse_s=0)
+    first_pass = label_array(signal, RATE, model, view="binary")
+    assert [s.label for s in first_pass.segments] == [s.label for s in every.segments] == ["music", "speech", "music"]
+    np.testing.assert_allclose([s.end_s for s in first_pass.segments], [s.end_s for s in every.segments], atol=0.05)
+    assert first_pass.windows < 0.6 * every.windows
