@@ -222,8 +222,8 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def run_msc(model, items, hop_s: float, coarse_s: float | None) -> tuple[dict, float]:
-    """msc's segments of every programme at one window hop (and coarse pass), and the CPU seconds of labelling."""
+def run_msc(model, items, hop_s: float, coarse_s: float) -> tuple[dict, float]:
+    """msc's segments of every programme at one window hop and first pass (0: none), and the CPU seconds."""
     segments, started = {}, cpu_seconds()
     for path, _ in items:
         label = label_file(path, model, hop_s=hop_s, coarse_s=coarse_s)
@@ -286,7 +286,7 @@ def main() -> None:
     for spec in args.hops.split(","):
         hop, _, coarse = spec.partition("/")
         name = f"msc, {'5-s windows' if float(hop) == 5 else f'hop {hop} s'}{f', coarse {coarse} s' if coarse else ''}"
-        estimates[name], cpu[name] = run_msc(model, items, float(hop), float(coarse) if coarse else None)
+        estimates[name], cpu[name] = run_msc(model, items, float(hop), float(coarse) if coarse else 0)
     if args.ina:
         estimates["inaSpeechSegmenter sm"], cpu["inaSpeechSegmenter sm"] = run_ina(args.ina, items)
 

@@ -1,7 +1,7 @@
 """Where ``msc infer`` spends its CPU, and how much audio it labels per CPU-second, in one run.
 
-    python benchmarks/bench_profile.py [--short 40] [--short-s 30] [--long 2] [--long-s 600] [--hop 5]
-                                       [--archive DIR] [--tree NAME=DIR ...]
+    python benchmarks/bench_profile.py [--short 40] [--short-s 30] [--long 2] [--long-s 600] [--hop H]
+                                       [--coarse C] [--archive DIR] [--tree NAME=DIR ...]
 
 One archive (generated: ``--short`` files of ``--short-s`` s and ``--long`` of
 ``--long-s`` s, music-like and speech-like, as 44.1 kHz stereo FLAC and 22.05 kHz
@@ -10,12 +10,15 @@ Ogg Vorbis; or ``--archive DIR`` of your own audio), then:
 1. **Stage profile**, in this process on one thread, file by file with the
    library's own functions: decoding (``AudioStream`` to mono windows at
    22.05 kHz), features (depth-layer codes and the frame cues for
-   segmentation), the model (``predict_codes``, batches of 32), aggregation
+   segmentation), the model (``predict_codes``, batches of 32, on the windows
+   :func:`msc_core.labelling.coarse_to_fine` picks, as infer runs it), aggregation
    (``labelling.aggregate``: probabilities to labels and segments) and writing
    (``label_tables`` and Parquet). CPU seconds of each, separately for short and
    long files.
-2. **End to end**: ``msc infer ARCHIVE --hop H`` and ``msc featurize ARCHIVE
-   --window all --hop H`` as fresh commands (Ray starts in-process, TensorFlow
+   Without ``--hop``/``--coarse`` the windows are labelling's defaults (a 1-s
+   hop, the model every 5 s first: :func:`msc_core.labelling.labelling_windows`).
+2. **End to end**: ``msc infer ARCHIVE [--hop H] [--coarse C]`` and ``msc featurize ARCHIVE
+   --window all [--hop H]`` as fresh commands (Ray starts in-process, TensorFlow
    loads in infer's actors), with the CPU of each one's whole process tree
    (:mod:`benchmarks.process_tree`): audio seconds and windows per CPU-second,
    and Ray's own share, the tree's CPU less the stages' (all five for infer;
@@ -90,19 +93,22 @@ def make_archive(root: Path, *, short: int, short_s: float, long: int, long_s: f
                 out.write(audio[start:start + 10 * rate])
 
 
-def stage_profile(paths: list[Path], *, hop_s: float, out: Path) -> dict[str, dict[str, float]]:
-    """CPU seconds of each stage per group of files (``short``/``long``), plus ``audio_s`` and ``windows``."""
+def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | None,
+                  out: Path) -> dict[str, dict[str, float]]:
+    """CPU seconds of each stage per group of files (``short``/``long``), plus ``audio_s``, ``windows``
+    (featurized) and ``run`` (windows the model ran on)."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from msc_core.audio import AudioStream
     from msc_core.depth import featurize_hopped
-    from msc_core.labelling import aggregate, class_probs, label_tables, load_model, warm_up, window_config
+    from msc_core.labelling import (aggregate, class_probs, coarse_to_fine, label_tables, labelling_windows, load_model,
+                                    warm_up)
     from msc_core.segmentation import CueTracker
     from msc_core.shards import write_atomic
 
-    config = window_config("all", hop_s)
+    config, coarse_s = labelling_windows("all", hop_s, coarse_s)
     model = load_model(None)
     model.predict_codes(np.zeros((1, *config.encoded_shape), np.uint8))  # build the graph outside the timing
     warm_up()  # and import the decoders and librosa's lazy modules
@@ -125,15 +131,16 @@ def stage_profile(paths: list[Path], *, hop_s: float, out: Path) -> dict[str, di
         cues = tracker.finish()
         codes = np.concatenate([featurize_hopped(batch.samples, hop_samples=hop, config=config) for batch in batches])
         features = time.process_time() - clock + cue_s[0]
-        clock = time.process_time()
-        probs = model.predict_codes(codes, batch_size=32)
-        model_s = time.process_time() - clock
-        clock = time.process_time()
         start_s = np.concatenate([batch.start_s for batch in batches])
         end_s = start_s + np.concatenate([batch.audio_s for batch in batches])
-        label = aggregate(str(path), start_s=start_s, end_s=end_s, duration_s=duration,
-                          probs=class_probs(probs, model.labels), model_id=model.model_id,
-                          feature_hash=config.hash, cues=cues)
+        clock = time.process_time()
+        probs = coarse_to_fine(np.zeros(len(codes)), start_s, lambda rows: class_probs(
+            model.predict_codes(codes[rows], batch_size=32), model.labels), coarse_s=coarse_s)
+        model_s = time.process_time() - clock
+        clock = time.process_time()
+        run = ~np.isnan(probs[:, 0])
+        label = aggregate(str(path), start_s=start_s[run], end_s=end_s[run], duration_s=duration, probs=probs[run],
+                          model_id=model.model_id, feature_hash=config.hash, cues=cues)
         aggregate_s = time.process_time() - clock
         clock = time.process_time()
         for kind, table in zip(("predictions", "windows", "segments"), label_tables([label])):
@@ -144,6 +151,7 @@ def stage_profile(paths: list[Path], *, hop_s: float, out: Path) -> dict[str, di
         group["files"] += 1
         group["audio_s"] += duration
         group["windows"] += len(codes)
+        group["run"] += run.sum()
     return totals
 
 
@@ -157,7 +165,8 @@ def python_of(tree: Path) -> tuple[str, dict[str, str]]:
     return (str(own) if own.is_file() else sys.executable), env
 
 
-def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float, log: Path) -> dict[str, float]:
+def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float | None, coarse_s: float | None,
+               log: Path) -> dict[str, float]:
     """One fresh ``msc featurize`` or ``msc infer`` (``job``) from checkout ``tree``.
 
     Returns wall and process-tree CPU seconds, windows, and the seconds of the
@@ -168,8 +177,8 @@ def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float, 
     python, env = python_of(tree)
     argv = [python, "-m", "jobs.cli", job, str(archive), "--out", str(out)]
     argv += ["--format", "parquet"] if job == "infer" else ["--window", "all"]
-    if hop_s != 5.0:
-        argv += ["--hop", f"{hop_s:g}"]
+    argv += [] if hop_s is None else ["--hop", f"{hop_s:g}"]
+    argv += ["--coarse", f"{coarse_s:g}"] if coarse_s is not None and job == "infer" else []
     with open(log, "w") as handle:
         measured = run_measured(argv, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if measured.returncode not in (0, 1):
@@ -198,7 +207,10 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=2, help="generated long files")
     parser.add_argument("--long-s", type=float, default=600.0, help="length of a long file (s)")
     parser.add_argument("--archive", type=Path, help="label this folder instead of generated files")
-    parser.add_argument("--hop", type=float, default=5.0, help="seconds between window starts (default 5)")
+    parser.add_argument("--hop", type=float, default=None,
+                        help="seconds between window starts (default: each command's, infer 1 and featurize 5)")
+    parser.add_argument("--coarse", type=float, default=None,
+                        help="infer's first pass (default: labelling's, 5 s with overlapping windows; 0: none)")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
                         help="also run msc infer from this checkout (repeatable)")
     options = parser.parse_args()
@@ -213,15 +225,17 @@ def main() -> None:
     trees = [("this", REPO)] + [(name, Path(folder).resolve()) for name, folder in
                                 (spec.split("=", 1) for spec in options.tree)]
     runs = {(job, name): end_to_end(job, tree, archive, scratch / f"{job}-{name}", hop_s=options.hop,
-                                    log=scratch / f"{job}-{name}.log")
+                                    coarse_s=options.coarse, log=scratch / f"{job}-{name}.log")
             for job in ("infer", "featurize") for name, tree in trees}
     alone = model_alone()
     (scratch / "profile").mkdir()
-    profile = stage_profile(paths, hop_s=options.hop, out=scratch / "profile")
+    profile = stage_profile(paths, hop_s=options.hop, coarse_s=options.coarse, out=scratch / "profile")
 
     audio_s = sum(group["audio_s"] for group in profile.values())
     stage_cpu = {name: sum(group[name] for group in profile.values()) for name in STAGES}
-    print(f"{len(paths)} files, {audio_s / 60:.1f} min of audio, hop {options.hop:g} s, {os.cpu_count()} CPUs, "
+    featurized, model_windows = (sum(group[name] for group in profile.values()) for name in ("windows", "run"))
+    print(f"{len(paths)} files, {audio_s / 60:.1f} min of audio, --hop {options.hop} --coarse {options.coarse}: "
+          f"{featurized:.0f} windows featurized, the model on {model_windows:.0f}; {os.cpu_count()} CPUs, "
           f"load average {load:.1f} at the start\n")
     print("| stage (one thread, in process) | " + " | ".join(f"{group} files: CPU s (share)" for group in profile)
           + " | all: CPU s per audio hour |")

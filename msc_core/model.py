@@ -216,6 +216,82 @@ def architecture(model: keras.Model) -> list[tuple[str, dict[str, Any]]]:
             for layer in model.layers]
 
 
+_FOLDABLE = ("Conv3D", "BatchNormalization", "MaxPooling3D", "Dropout") * 2 + (
+    "Conv3D", "BatchNormalization", "GlobalAveragePooling3D", "Dropout", "Dense", "Dropout", "Dense", "Dropout", "Dense")
+
+
+def folded_forward(model: keras.Model) -> Callable | None:
+    """The inference function of an msc model of :func:`build_cnn`'s layout, BatchNormalization folded away.
+
+    Each block computes ``relu(conv(x) + b) * s + t`` (inference-mode
+    BatchNormalization, ``s = gamma / sqrt(var + eps)``). Where every ``s > 0``
+    this is ``relu(conv'(x) + b') + t`` with the kernel and bias scaled by
+    ``s``, and the shift ``t`` commutes with the max and average pooling that
+    follow, so it is added to the pooled tensor, 8 times smaller. The same
+    function up to float rounding (the model card gives the measured
+    difference), and about 1.4x faster on CPU, where the full-resolution
+    BatchNormalization pass is a large share of the work.
+
+    Parameters
+    ----------
+    model : keras.Model
+        An msc model (:func:`build_model`, :func:`load_model_dir`).
+
+    Returns
+    -------
+    callable or None
+        uint8 codes tensor (B, n_mels, frames) -> float32 (B, C), for
+        ``tf.function``; None where the model has another layout or a
+        BatchNormalization scale that is not positive (use the Keras model).
+    """
+    import tensorflow as tf
+
+    try:
+        layers = model.get_layer("cnn").layers
+        table = model.get_layer("decode").get_layer("depth_table").get_weights()[0]
+    except (ValueError, AttributeError, IndexError):
+        return None
+    if tuple(type(layer).__name__ for layer in layers) != _FOLDABLE:
+        return None
+    convs, norms, denses = layers[0:9:4], layers[1:10:4], layers[12::2]
+    pools = [layers[2], layers[6]]
+    if (any(layer.get_config()["activation"] != "relu" or layer.padding != "same" or tuple(layer.strides) != (1,) * 3
+            or tuple(layer.dilation_rate) != (1,) * 3 or not layer.use_bias for layer in convs)
+            or any(tuple(pool.pool_size) != (2,) * 3 or tuple(pool.strides) != (2,) * 3 or pool.padding != "valid"
+                   for pool in pools)
+            or [layer.get_config()["activation"] for layer in denses] != ["relu", "relu", "softmax"]
+            or any(norm.axis not in (-1, 4, [-1], [4]) or not (norm.center and norm.scale) for norm in norms)):
+        return None
+    scales, shifts = [], []
+    for norm in norms:
+        gamma, beta, mean, variance = (np.asarray(weight, np.float64) for weight in norm.get_weights())
+        scale = gamma / np.sqrt(variance + norm.epsilon)
+        if not (scale > 0).all():
+            return None
+        scales.append(scale)
+        shifts.append(tf.constant(beta - mean * scale, tf.float32))
+    kernels = [tf.constant(conv.get_weights()[0] * scale, tf.float32) for conv, scale in zip(convs, scales)]
+    biases = [tf.constant(conv.get_weights()[1] * scale, tf.float32) for conv, scale in zip(convs, scales)]
+    dense = [[tf.constant(weight, tf.float32) for weight in layer.get_weights()] for layer in denses]
+    table = tf.constant(table, tf.float32)
+    pool = [1, 2, 2, 2, 1]
+
+    def block(x, i):
+        return tf.nn.relu(tf.nn.bias_add(tf.nn.conv3d(x, kernels[i], [1] * 5, "SAME"), biases[i]))
+
+    def forward(codes):
+        x = tf.gather(table, tf.cast(codes, tf.int32))                       # (B, n_mels, frames, layers)
+        x = tf.expand_dims(tf.transpose(x, (0, 3, 1, 2)), -1)                # (B, layers, n_mels, frames, 1)
+        for i in range(2):
+            x = tf.nn.max_pool3d(block(x, i), pool, pool, "VALID") + shifts[i]
+        x = tf.reduce_mean(block(x, 2), axis=(1, 2, 3)) + shifts[2]
+        x = tf.nn.relu(x @ dense[0][0] + dense[0][1])
+        x = tf.nn.relu(x @ dense[1][0] + dense[1][1])
+        return tf.nn.softmax(x @ dense[2][0] + dense[2][1])
+
+    return forward
+
+
 # ---------------------------------------------------------------------------------------- using
 @dataclass(frozen=True, eq=False)
 class MscModel:
@@ -247,11 +323,12 @@ class MscModel:
 
     @functools.cached_property
     def _forward(self):
-        """Inference graph traced once for any batch size."""
+        """Inference graph traced once for any batch size: :func:`folded_forward` where it applies, else Keras's."""
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, *self.config.encoded_shape), tf.uint8)
-        return tf.function(lambda codes: self.keras_model(codes, training=False), input_signature=[spec])
+        forward = folded_forward(self.keras_model) or (lambda codes: self.keras_model(codes, training=False))
+        return tf.function(forward, input_signature=[spec])
 
     def predict_codes(self, codes: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
         """Class probabilities (columns in :attr:`labels` order) of a batch of compact windows.

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from msc_core import depth
-from msc_core.config import PAPER
+from msc_core.config import CLASSES, PAPER
 from msc_core.errors import FeatureConfigMismatchError, ModelLoadError
 from msc_core.model import (LABELS, MscModel, architecture, build_cnn, build_model, check_model_dir, decode_stage,
-                            import_paper_model, load_model_dir, save_model_dir, set_temperature)
+                            folded_forward, import_paper_model, load_model_dir, save_model_dir, set_temperature)
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +297,22 @@ def test_checking_a_model_loads_neither_keras_nor_tensorflow(trained_dir):
             "print(metadata['model_id'], sorted(name for name in ('keras', 'tensorflow') if name in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [json.loads((trained_dir / "model.json").read_text())["model_id"], "[]"]
+
+
+def test_folded_batchnorm_computes_the_same_function():
+    model = build_model(PAPER, widths=(4, 6, 8), dense=(8, 6), outputs=4, seed=3)
+    rng = np.random.default_rng(0)
+    for norm in [layer for layer in model.get_layer("cnn").layers if isinstance(layer, keras.layers.BatchNormalization)]:
+        size = norm.get_weights()[0].shape
+        norm.set_weights([rng.uniform(0.5, 2, size), rng.normal(0, 0.5, size), rng.normal(0, 0.1, size),
+                          rng.uniform(1e-3, 1e-2, size)])  # activations' variances are near 1e-3
+    codes = rng.integers(0, depth.COLORMAP_SIZE, (5, *PAPER.encoded_shape)).astype(np.uint8)
+    want = model(codes, training=False).numpy()
+    np.testing.assert_allclose(folded_forward(model)(codes).numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(MscModel(model, PAPER, {"model_id": "m", "labels": list(CLASSES)}).predict_codes(codes),
+                               want, atol=1e-5)
+    norm = model.get_layer("cnn").layers[5]
+    gamma, *rest = norm.get_weights()
+    norm.set_weights([-gamma, *rest])  # a negative scale does not commute with relu: Keras's own graph is used
+    assert folded_forward(model) is None
+    assert folded_forward(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) is None
