@@ -10,7 +10,8 @@ comparison is nodes, not cores), runs the real jobs' drivers against the cluster
 
 - featurize: windows / the job's own time (manifest ``timings``: listing to the last
   record, Ray start-up excluded);
-- infer (bundled default model): windows / its labelling phase (``summary.json``
+- infer (bundled default model, labelling's default windows: a 1-s hop with a first
+  pass every 5 s): audio seconds / its labelling phase (``summary.json``
   ``timings_s``: joining the cluster, the model actors' start-up and every chunk);
 
 and the 2-node / 1-node ratio of each. Every cluster is stopped with stop.sh;
@@ -56,8 +57,8 @@ def run_driver(cluster, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-def measure(nodes: int, *, audio: Path, work: Path, cpus: int, infer: bool) -> dict:
-    """windows/s of featurize (and infer) on a cluster of ``nodes`` nodes of ``cpus`` CPUs each."""
+def measure(nodes: int, *, audio: Path, audio_s: float, work: Path, cpus: int, infer: bool) -> dict:
+    """windows/s of featurize (and audio-s/s of infer) on a cluster of ``nodes`` nodes of ``cpus`` CPUs each."""
     with local_cluster(head_cpus=cpus, worker_cpus=cpus, workers=nodes - 1, log=lambda _: None) as cluster:
         out = work / f"features-{nodes}"
         run_driver(cluster, "jobs.featurize", str(audio), "--out", str(out), "--files-per-task", "2", "--quiet")
@@ -68,7 +69,7 @@ def measure(nodes: int, *, audio: Path, work: Path, cpus: int, infer: bool) -> d
             labels = work / f"labels-{nodes}"
             run_driver(cluster, "jobs.infer", str(audio), "--out", str(labels), "--chunk-files", "2")
             timings = json.loads((labels / "summary.json").read_text())["timings_s"]
-            result["infer_windows_per_s"] = manifest["windows"] / timings["labelling"]
+            result["infer_audio_s_per_s"] = audio_s / timings["labelling"]
     return result
 
 
@@ -85,18 +86,18 @@ def main() -> None:
         results = []
         for nodes in (1, 2):
             started = time.monotonic()
-            results.append(measure(nodes, audio=work / "audio", work=work, cpus=args.cpus_per_node,
-                                   infer=not args.no_infer))
+            results.append(measure(nodes, audio=work / "audio", audio_s=args.files * args.seconds, work=work,
+                                   cpus=args.cpus_per_node, infer=not args.no_infer))
             print(f"{nodes} node(s) x {args.cpus_per_node} CPU: {results[-1]} "
                   f"(cluster start to stop {time.monotonic() - started:.0f} s)", flush=True)
     print(f"\nmachine: {os.cpu_count()} cores, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"archive: {args.files} files x {args.seconds:g} s = {results[0]['windows']} windows")
-    for job in ("featurize", "infer"):
-        key = f"{job}_windows_per_s"
+    for job, key, unit in (("featurize", "featurize_windows_per_s", "windows/s"),
+                           ("infer", "infer_audio_s_per_s", "audio-s/s")):
         if key in results[0]:
             one, two = results[0][key], results[1][key]
-            print(f"{job:9s}: 1 node {one:7.1f} windows/s, 2 nodes {two:7.1f} windows/s, ratio {two / one:.2f} "
-                  f"(per node: {one / args.cpus_per_node:.1f} and {two / 2 / args.cpus_per_node:.1f} windows/s per CPU)")
+            print(f"{job:9s}: 1 node {one:7.1f} {unit}, 2 nodes {two:7.1f} {unit}, ratio {two / one:.2f} "
+                  f"(per CPU: {one / args.cpus_per_node:.1f} and {two / 2 / args.cpus_per_node:.1f} {unit})")
 
 
 if __name__ == "__main__":
