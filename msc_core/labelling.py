@@ -72,6 +72,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 from dataclasses import dataclass, field
@@ -249,7 +250,7 @@ class FileLabel:
         it stands for (:func:`window_weights`; None for a file that failed)."""
         if self.status != "ok":
             return None
-        return float(np.average(self.window_probs[:, CLASSES.index(name)], weights=window_weights(self.window_start_s)))
+        return float(np.average(self.window_probs[:, CLASSES.index(name)], weights=self._weights))
 
     def fraction(self, name: str) -> float | None:
         """Share of windows whose most probable class is ``name``, weighted as in :meth:`probability`
@@ -257,7 +258,12 @@ class FileLabel:
         if self.status != "ok":
             return None
         wins = np.argmax(self.window_probs, axis=1) == CLASSES.index(name)
-        return float(np.average(wins, weights=window_weights(self.window_start_s)))
+        return float(np.average(wins, weights=self._weights))
+
+    @functools.cached_property
+    def _weights(self) -> np.ndarray:
+        """:func:`window_weights` of the windows, once per file."""
+        return window_weights(self.window_start_s)
 
     def seconds(self, label: str) -> float | None:
         """Seconds of the segments labelled ``label`` (None for a file that failed)."""

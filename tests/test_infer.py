@@ -18,9 +18,9 @@ import soundfile as sf
 
 from jobs.cli import main
 from msc_core import synth
-from msc_core.config import PAPER
+from msc_core.config import CLASSES, PAPER
 from msc_core.engine import FileRecords, committed_parts
-from msc_core.labelling import window_weights
+from msc_core.labelling import label_file, load_model, window_weights
 from tests.conftest import REPO, write_audio
 
 LONG_SECONDS = 610.0
@@ -85,6 +85,11 @@ def test_infer_labels_a_mixed_archive(ray_local, model_dir, archive, tmp_path, c
     long = by_path.loc[str(root / "sub" / "f_long.wav")]
     # a 1-s hop: the model on every fifth window first, then in between only where the content changes
     assert long["duration_s"] == pytest.approx(LONG_SECONDS) and LONG_SECONDS // 5 <= long["windows"] < LONG_SECONDS
+    # the pipeline's model stage picks the windows msc predict's does, with the same probabilities
+    alone = label_file(str(root / "sub" / "f_long.wav"), load_model(model_dir))
+    mine = windows[windows["path"] == str(root / "sub" / "f_long.wav")].sort_values("start_s")
+    np.testing.assert_allclose(mine["start_s"], alone.window_start_s)
+    np.testing.assert_allclose(mine[[f"p_{name}" for name in CLASSES]], alone.window_probs, atol=1e-5)
 
     # windows.parquet agrees with the per-file rows
     per_file = windows.groupby("path")
