@@ -409,7 +409,8 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
 
 # ---------------------------------------------------------------------------------------- run
 def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None, limits, model_dir: str,
-                 model_id: str, batch_size: int, view: str, num_gpus: float, isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+                 model_id: str, batch_size: int, view: str, num_gpus: float,
+                 isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
     """Run the pipeline once over ``pending`` chunks (:class:`msc_core.engine.Chunk`) on the connected cluster.
 
     Yields ``(chunk id, [(part, bytes), ...])`` as each chunk's parts are
@@ -572,7 +573,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
                            coarse_s=args.coarse, view=args.view, limits=decode_limits(args), formats=formats,
-                           batch_size=args.batch_size, num_gpus=args.num_gpus, chunk_files=args.chunk_files, isolate=not args.no_isolation,
+                           batch_size=args.batch_size, num_gpus=args.num_gpus, chunk_files=args.chunk_files,
+                           isolate=not args.no_isolation,
                            address=args.address, num_cpus=args.num_cpus, arguments=arguments_of(args))
     line, *details = result["console"]
     summary(line)

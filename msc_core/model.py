@@ -217,7 +217,7 @@ def architecture(model: keras.Model) -> list[tuple[str, dict[str, Any]]]:
 
 
 _FOLDABLE = ("Conv3D", "BatchNormalization", "MaxPooling3D", "Dropout") * 2 + (
-    "Conv3D", "BatchNormalization", "GlobalAveragePooling3D", "Dropout", "Dense", "Dropout", "Dense", "Dropout", "Dense")
+    "Conv3D", "BatchNormalization", "GlobalAveragePooling3D", "Dropout") + ("Dense", "Dropout") * 2 + ("Dense",)
 
 
 def folded_forward(model: keras.Model) -> Callable | None:

@@ -76,8 +76,8 @@ def main() -> None:
     print("| evidence_s | expected_s | min_content_s | min_silence_s | objective | " + " | ".join(columns) + " |")
     print("|---:|---:|---:|---:|---:|" + "---:|" * len(columns))
     for objective, params, pooled in sorted(rows, key=lambda row: -row[0]):
-        print(f"| {params.evidence_s:g} | {params.expected_s:g} | {params.min_content_s:g} | {params.min_silence_s:g} | "
-              f"{objective:.3f} | "
+        settings = (params.evidence_s, params.expected_s, params.min_content_s, params.min_silence_s)
+        print("| " + " | ".join(f"{value:g}" for value in settings) + f" | {objective:.3f} | "
               + " | ".join(f"{pooled[name]:.3f}" for name in columns) + " |")
 
 

@@ -302,7 +302,8 @@ def test_checking_a_model_loads_neither_keras_nor_tensorflow(trained_dir):
 def test_folded_batchnorm_computes_the_same_function():
     model = build_model(PAPER, widths=(4, 6, 8), dense=(8, 6), outputs=4, seed=3)
     rng = np.random.default_rng(0)
-    for norm in [layer for layer in model.get_layer("cnn").layers if isinstance(layer, keras.layers.BatchNormalization)]:
+    norms = [layer for layer in model.get_layer("cnn").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for norm in norms:
         size = norm.get_weights()[0].shape
         norm.set_weights([rng.uniform(0.5, 2, size), rng.normal(0, 0.5, size), rng.normal(0, 0.1, size),
                           rng.uniform(1e-3, 1e-2, size)])  # activations' variances are near 1e-3
