@@ -95,12 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-from", default=None, metavar="MODEL_DIR",
                         help="keep this model's convolutions and learn only a new dense head for the shards' classes "
                              "(minutes on a CPU instead of hours; --widths, --workers and --resume do not apply)")
+    parser.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                        help="start every weight from this model (same features, widths and classes) and train "
+                             "the whole network: fine-tuning; --widths is taken from it")
     add_ray_arguments(parser)
 
 
 def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, use_gpu: bool = False,
           max_failures: int = 3, resume: bool = False, storage: str | None = None,
-          on_epoch_end: Callable | None = None):
+          init_from: str | None = None, on_epoch_end: Callable | None = None):
     """Train with Ray Train, then write the model directory with its evaluation.
 
     Parameters
@@ -120,6 +123,10 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         Continue from the latest checkpoint in the storage path (which must exist).
     storage : str or None
         Ray Train storage path (local or URI); default ``<out>.ray``.
+    init_from : str or None
+        A model directory whose weights every weight starts from (fine-tuning); it must read
+        the shards' features and name the shards' classes in the same order. Its widths
+        replace ``settings.widths``.
     on_epoch_end : callable(msc_core.training.EpochEnd) or None
         Extra per-worker hook after each epoch (it is pickled to the workers).
 
@@ -134,7 +141,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         ``out`` exists.
     InputError
         The storage path contradicts ``resume``, the shards lack val or test windows,
-        or they cannot be split over ``workers``.
+        they cannot be split over ``workers``, or ``init_from`` names other classes.
     ray.train.TrainingFailedError
         Training failed more than ``max_failures`` times (rerun with ``resume``).
     """
@@ -145,7 +152,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     from ray.train.tensorflow import TensorflowTrainer
 
     from msc_core.evaluation import evaluate_shards, write_history
-    from msc_core.model import METADATA_FILE, build_model, save_model_dir
+    from msc_core.model import METADATA_FILE, build_model, load_model_dir, save_model_dir
     from msc_core.shards import list_shards, resolve_filesystem
     from msc_core.storage import is_uri
     from msc_core.storage import exists, output_dir
@@ -179,6 +186,14 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     steps = plan.steps_per_epoch(parts, settings.batch_size)
     classes = plan.classes()
     class_weights = plan.class_weights() if settings.balance_classes else np.ones(len(classes), np.float32)
+    initial = None
+    if init_from is not None:
+        start = load_model_dir(init_from, expected_config=plan.config)
+        if start.labels != tuple(classes):
+            raise InputError(f"--init-from {init_from}: its classes {list(start.labels)} must be the shards' "
+                             f"classes {classes}, in this order")
+        settings = dataclasses.replace(settings, widths=tuple(start.metadata["widths"]))
+        initial = start.keras_model.get_weights()
     log.info("training on %d files, %s train windows per class, %d steps per epoch on each of %d workers",
              len(paths), plan.totals("train").tolist(), steps, workers)
     epochs_done = ray.util.queue.Queue()  # rank 0 puts each epoch's metrics; the driver shows them
@@ -186,7 +201,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
         _worker_loop,
         train_loop_config={"config": plan.config, "settings": settings, "parts": parts, "steps": steps,
                            "classes": classes, "class_weights": class_weights, "on_epoch_end": on_epoch_end,
-                           "epochs_done": epochs_done},
+                           "epochs_done": epochs_done, "initial": initial},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker(workers)}),
         run_config=ray.train.RunConfig(
@@ -213,7 +228,8 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
             "shards": shards, "settings": dataclasses.asdict(settings), "workers": workers,
             "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,
             "best_val_accuracy": progress.best_val_accuracy, "stopped_early": progress.stopped_early,
-            "resumed_at": progress.resumed_at, "train_windows": plan.totals("train").tolist()})
+            "resumed_at": progress.resumed_at, "train_windows": plan.totals("train").tolist(),
+            "init_from": None if init_from is None else start.model_id})
         write_history(progress.history, local_out)
         evaluate_shards(saved, paths, split="test").write(local_out)
     return saved
@@ -329,7 +345,8 @@ def _worker_loop(loop_config: dict) -> None:
             extra_hook(end)
 
     fit(config, settings, strategy=strategy, rank=rank, workers=workers, train_data=train_data,
-        val_data=val_data, class_weights=class_weights, restore=restore, on_epoch_end=report)
+        val_data=val_data, class_weights=class_weights, initial=loop_config["initial"], restore=restore,
+        on_epoch_end=report)
 
 
 def train_head(shards: str, out: str, settings: TrainSettings, *, base: str):
@@ -409,11 +426,14 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.storage import read_bytes
 
     init_ray(args.address, num_cpus=args.num_cpus)
+    if args.head_from and args.init_from:
+        raise InputError("--head-from and --init-from exclude each other: a new head, or the whole network from a model")
     if args.head_from:
         model = train_head(args.shards, args.out, settings_from_args(args), base=args.head_from)
     else:
         model = train(args.shards, args.out, settings_from_args(args), workers=args.workers, use_gpu=args.use_gpu,
-                      max_failures=args.max_failures, resume=args.resume, storage=args.storage)
+                      max_failures=args.max_failures, resume=args.resume, storage=args.storage,
+                      init_from=args.init_from)
     summary = json.loads(read_bytes(f"{args.out.rstrip('/')}/{EVALUATION_FILE}"))
     summary_line(f"wrote {args.out}: model {model.model_id}, test accuracy {summary['accuracy']:.3f} "
           f"on {summary['windows']} windows, ROC-AUC {summary['roc_auc']}")

@@ -418,7 +418,7 @@ def _assign(variables, values: Sequence[np.ndarray]) -> None:
 
 def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, workers: int,
         train_data: Callable[[int], Any], val_data: Callable[[], Any], class_weights: np.ndarray,
-        restore: Checkpoint | None = None, on_epoch_end: Callable[[EpochEnd], None] = lambda end: None) -> Checkpoint:
+        initial: Sequence[np.ndarray] | None = None, restore: Checkpoint | None = None, on_epoch_end: Callable[[EpochEnd], None] = lambda end: None) -> Checkpoint:
     """Train an msc model data-parallel under ``strategy`` on this worker's data.
 
     Every worker calls this with the same arguments except ``rank`` and its data.
@@ -440,6 +440,9 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
         This worker's share of the validation windows (any number of batches).
     class_weights : np.ndarray, float32, shape (C,)
         Weight of each class in the training loss.
+    initial : sequence of np.ndarray or None
+        Starting values of the model's weights (``keras.Model.get_weights`` of a model of the
+        same widths and classes), for fine-tuning; ignored when ``restore`` is given.
     restore : Checkpoint or None
         Continue from this checkpoint.
     on_epoch_end : callable(EpochEnd)
@@ -464,6 +467,8 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
         optimizer = keras.optimizers.Adam(settings.learning_rate)
         optimizer.build(model.trainable_variables)
     class_weight_table = tf.constant(class_weights, tf.float32)
+    if initial is not None:
+        model.set_weights(initial)
     progress = Progress(learning_rate=settings.learning_rate)
     best_loss = best_accuracy = _values(model.weights)
     if restore is not None:
