@@ -427,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
 
     init_ray(args.address, num_cpus=args.num_cpus)
     if args.head_from and args.init_from:
-        raise InputError("--head-from and --init-from exclude each other: a new head, or the whole network from a model")
+        raise InputError("--head-from and --init-from exclude each other: a new head, or the whole network")
     if args.head_from:
         model = train_head(args.shards, args.out, settings_from_args(args), base=args.head_from)
     else:

@@ -418,7 +418,8 @@ def _assign(variables, values: Sequence[np.ndarray]) -> None:
 
 def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, workers: int,
         train_data: Callable[[int], Any], val_data: Callable[[], Any], class_weights: np.ndarray,
-        initial: Sequence[np.ndarray] | None = None, restore: Checkpoint | None = None, on_epoch_end: Callable[[EpochEnd], None] = lambda end: None) -> Checkpoint:
+        initial: Sequence[np.ndarray] | None = None, restore: Checkpoint | None = None,
+        on_epoch_end: Callable[[EpochEnd], None] = lambda end: None) -> Checkpoint:
     """Train an msc model data-parallel under ``strategy`` on this worker's data.
 
     Every worker calls this with the same arguments except ``rank`` and its data.
