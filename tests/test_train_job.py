@@ -176,16 +176,17 @@ def test_head_from_learns_the_shards_classes_over_a_models_convolutions(ray_loca
     assert len(read_history(tmp_path / "model")) <= 3
 
 
-def test_init_from_starts_every_weight_from_a_model(ray_local, dataset, tmp_path):
+def test_init_from_starts_every_weight_from_a_model(ray_local, tmp_path):
     import keras
 
     from msc_core.model import build_model, load_model_dir, save_model_dir
 
+    dataset = write_synthetic_shards(tmp_path / "data", files=1)
     start = save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, seed=7), SMALL, tmp_path / "start",
                            source="trained")
     # --lr 0: the optimizer changes nothing, so the learnt weights are the starting model's (widths taken from it)
     assert cli.main(["train", str(dataset), "--out", str(tmp_path / "model"), "--init-from", str(tmp_path / "start"),
-                     "--epochs", "1", "--batch-size", "16", "--lr", "0", "-q"]) == 0
+                     "--epochs", "1", "--batch-size", "4", "--lr", "0", "-q"]) == 0
     model = load_model_dir(tmp_path / "model")
     assert model.metadata["extra"]["init_from"] == start.model_id and model.metadata["widths"] == list(SMALL_WIDTHS)
     for kept, learnt in zip(start.keras_model.trainable_weights, model.keras_model.trainable_weights):
