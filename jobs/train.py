@@ -96,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep this model's convolutions and learn only a new dense head for the shards' classes "
                              "(minutes on a CPU instead of hours; --widths, --workers and --resume do not apply)")
     parser.add_argument("--init-from", default=None, metavar="MODEL_DIR",
-                        help="start every weight from this model (same features, widths and classes) and train "
-                             "the whole network: fine-tuning; --widths is taken from it")
+                        help="start every weight from this model (same features and classes) and train the "
+                             "whole network: fine-tuning; --widths is taken from it")
     add_ray_arguments(parser)
 
 
@@ -425,9 +425,9 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.evaluation import EVALUATION_FILE
     from msc_core.storage import read_bytes
 
-    init_ray(args.address, num_cpus=args.num_cpus)
     if args.head_from and args.init_from:
         raise InputError("--head-from and --init-from exclude each other: a new head, or the whole network")
+    init_ray(args.address, num_cpus=args.num_cpus)
     if args.head_from:
         model = train_head(args.shards, args.out, settings_from_args(args), base=args.head_from)
     else:
