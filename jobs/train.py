@@ -186,14 +186,14 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
     steps = plan.steps_per_epoch(parts, settings.batch_size)
     classes = plan.classes()
     class_weights = plan.class_weights() if settings.balance_classes else np.ones(len(classes), np.float32)
-    initial = None
+    initial = start_id = None
     if init_from is not None:
         start = load_model_dir(init_from, expected_config=plan.config)
         if start.labels != tuple(classes):
             raise InputError(f"--init-from {init_from}: its classes {list(start.labels)} must be the shards' "
                              f"classes {classes}, in this order")
         settings = dataclasses.replace(settings, widths=tuple(start.metadata["widths"]))
-        initial = start.keras_model.get_weights()
+        initial, start_id = start.keras_model.get_weights(), start.model_id
     log.info("training on %d files, %s train windows per class, %d steps per epoch on each of %d workers",
              len(paths), plan.totals("train").tolist(), steps, workers)
     epochs_done = ray.util.queue.Queue()  # rank 0 puts each epoch's metrics; the driver shows them
@@ -229,7 +229,7 @@ def train(shards: str, out: str, settings: TrainSettings, *, workers: int = 1, u
             "epochs_run": progress.epoch, "best_epoch": progress.best_accuracy_epoch,
             "best_val_accuracy": progress.best_val_accuracy, "stopped_early": progress.stopped_early,
             "resumed_at": progress.resumed_at, "train_windows": plan.totals("train").tolist(),
-            "init_from": None if init_from is None else start.model_id})
+            "init_from": start_id})
         write_history(progress.history, local_out)
         evaluate_shards(saved, paths, split="test").write(local_out)
     return saved
