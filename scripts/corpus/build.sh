@@ -36,7 +36,7 @@ if [ "${OFFLINE:-0}" != 1 ]; then
   while read -r spec sha; do
     name=${spec%%=*}; version=${spec#*=}
     file=$(ls "$CACHE/debs/${name}_"*.deb 2>/dev/null | while read -r f; do
-             [ "$(dpkg-deb -f "$f" Version)" = "$version" ] && echo "$f"; done | head -1)
+             [ "$(dpkg-deb -f "$f" Version)" = "$version" ] && echo "$f"; done | head -1 || true)  # none yet: ls fails
     if [ -n "$file" ] && [ "$(sha256sum "$file" | cut -c1-64)" = "$sha" ]; then continue; fi
     (cd "$CACHE/debs" && apt-get download -q "$spec")
   done < "$CACHE/debs.lst"
