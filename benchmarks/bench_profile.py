@@ -1,7 +1,7 @@
 """Where ``msc infer`` spends its CPU, and how much audio it labels per CPU-second, in one run.
 
     python benchmarks/bench_profile.py [--short 40] [--short-s 30] [--long 2] [--long-s 600] [--hop H]
-                                       [--coarse C] [--archive DIR] [--tree NAME=DIR ...]
+                                       [--coarse C] [--precision P] [--archive DIR] [--tree NAME=DIR ...]
 
 One archive (generated: ``--short`` files of ``--short-s`` s and ``--long`` of
 ``--long-s`` s, music-like and speech-like, as 44.1 kHz stereo FLAC and 22.05 kHz
@@ -16,7 +16,8 @@ Ogg Vorbis; or ``--archive DIR`` of your own audio), then:
    (``label_tables`` and Parquet). CPU seconds of each, separately for short and
    long files.
    Without ``--hop``/``--coarse`` the windows are labelling's defaults (a 1-s
-   hop, the model every 5 s first: :func:`msc_core.labelling.labelling_windows`).
+   hop, the model every 5 s first: :func:`msc_core.labelling.labelling_windows`), and the
+   model's arithmetic is ``--precision``'s (default ``auto``, as infer's).
 2. **End to end**: ``msc infer ARCHIVE [--hop H] [--coarse C]`` and ``msc featurize ARCHIVE
    --window all [--hop H]`` as fresh commands (Ray starts in-process, TensorFlow
    loads in infer's actors), with the CPU of each one's whole process tree
@@ -52,6 +53,7 @@ sys.path.insert(0, str(REPO))
 ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")  # as the user set it, before msc_core sets its default
 import msc_core  # noqa: E402,F401 (first: it sets TensorFlow's oneDNN default before TensorFlow loads)
 from benchmarks.process_tree import run_measured  # noqa: E402
+from msc_core.model import resolve_precision  # noqa: E402
 
 STAGES = ("decode", "features", "model", "aggregate", "write")
 
@@ -59,7 +61,7 @@ MODEL_ALONE = """
 import json, time
 import numpy as np
 from msc_core.labelling import load_model
-model = load_model(None)
+model = load_model(None, precision={precision!r})
 codes = np.random.default_rng(0).integers(0, 9, (128, *model.config.encoded_shape)).astype(np.uint8)
 model.predict_codes(codes[:32])
 timings = []
@@ -93,7 +95,7 @@ def make_archive(root: Path, *, short: int, short_s: float, long: int, long_s: f
                 out.write(audio[start:start + 10 * rate])
 
 
-def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | None,
+def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | None, precision: str,
                   out: Path) -> dict[str, dict[str, float]]:
     """CPU seconds of each stage per group of files (``short``/``long``), plus ``audio_s``, ``windows``
     (featurized) and ``run`` (windows the model ran on)."""
@@ -109,7 +111,7 @@ def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | N
     from msc_core.shards import write_atomic
 
     config, coarse_s = labelling_windows("all", hop_s, coarse_s)
-    model = load_model(None)
+    model = load_model(None, precision=precision)
     model.predict_codes(np.zeros((1, *config.encoded_shape), np.uint8))  # build the graph outside the timing
     warm_up()  # and import the decoders and librosa's lazy modules
     hop = config.hop_samples
@@ -166,11 +168,12 @@ def python_of(tree: Path) -> tuple[str, dict[str, str]]:
 
 
 def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float | None, coarse_s: float | None,
-               log: Path) -> dict[str, float]:
+               precision: str | None, log: Path) -> dict[str, float]:
     """One fresh ``msc featurize`` or ``msc infer`` (``job``) from checkout ``tree``.
 
     Returns wall and process-tree CPU seconds, windows, and the seconds of the
-    labelling phase (infer's ``summary.json``; the whole run where it has none).
+    labelling phase (infer's ``summary.json``; the whole run where it has none). ``precision``
+    goes to infer where given (None: the checkout's default).
     """
     import pyarrow.parquet as pq
 
@@ -179,6 +182,7 @@ def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float |
     argv += ["--format", "parquet"] if job == "infer" else ["--window", "all"]
     argv += [] if hop_s is None else ["--hop", f"{hop_s:g}"]
     argv += ["--coarse", f"{coarse_s:g}"] if coarse_s is not None and job == "infer" else []
+    argv += ["--precision", precision] if precision is not None and job == "infer" else []
     with open(log, "w") as handle:
         measured = run_measured(argv, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if measured.returncode not in (0, 1):
@@ -193,9 +197,10 @@ def end_to_end(job: str, tree: Path, archive: Path, out: Path, *, hop_s: float |
             "labelling_s": timings.get("labelling", measured.wall_s)}
 
 
-def model_alone() -> float:
+def model_alone(precision: str) -> float:
     """Windows per wall second of the bundled model on ready codes, in a fresh process with every core."""
-    result = subprocess.run([sys.executable, "-c", MODEL_ALONE], cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", MODEL_ALONE.format(precision=precision)], cwd=REPO,
+                            capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -211,6 +216,8 @@ def main() -> None:
                         help="seconds between window starts (default: each command's, infer 1 and featurize 5)")
     parser.add_argument("--coarse", type=float, default=None,
                         help="infer's first pass (default: labelling's, 5 s with overlapping windows; 0: none)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the model's arithmetic in this checkout's runs (default auto, as msc infer's)")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
                         help="also run msc infer from this checkout (repeatable)")
     options = parser.parse_args()
@@ -225,17 +232,20 @@ def main() -> None:
     trees = [("this", REPO)] + [(name, Path(folder).resolve()) for name, folder in
                                 (spec.split("=", 1) for spec in options.tree)]
     runs = {(job, name): end_to_end(job, tree, archive, scratch / f"{job}-{name}", hop_s=options.hop,
-                                    coarse_s=options.coarse, log=scratch / f"{job}-{name}.log")
+                                    coarse_s=options.coarse, log=scratch / f"{job}-{name}.log",
+                                    precision=options.precision if name == "this" else None)
             for job in ("infer", "featurize") for name, tree in trees}
-    alone = model_alone()
+    alone = model_alone(options.precision)
     (scratch / "profile").mkdir()
-    profile = stage_profile(paths, hop_s=options.hop, coarse_s=options.coarse, out=scratch / "profile")
+    profile = stage_profile(paths, hop_s=options.hop, coarse_s=options.coarse, precision=options.precision,
+                            out=scratch / "profile")
 
     audio_s = sum(group["audio_s"] for group in profile.values())
     stage_cpu = {name: sum(group[name] for group in profile.values()) for name in STAGES}
     featurized, model_windows = (sum(group[name] for group in profile.values()) for name in ("windows", "run"))
     print(f"{len(paths)} files, {audio_s / 60:.1f} min of audio, --hop {options.hop} --coarse {options.coarse}: "
-          f"{featurized:.0f} windows featurized, the model on {model_windows:.0f}; {os.cpu_count()} CPUs, "
+          f"{featurized:.0f} windows featurized, the model on {model_windows:.0f} (--precision {options.precision}: "
+          f"{resolve_precision(options.precision)} here); {os.cpu_count()} CPUs, "
           f"load average {load:.1f} at the start\n")
     print("| stage (one thread, in process) | " + " | ".join(f"{group} files: CPU s (share)" for group in profile)
           + " | all: CPU s per audio hour |")

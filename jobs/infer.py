@@ -61,7 +61,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jobs.console import NORMAL, level, progress, summary
-from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, labelling_windows
+from jobs.options import (add_limit_arguments, add_precision_argument, add_view_argument, add_window_arguments,
+                          decode_limits, labelling_windows)
 from jobs.raylib import add_ray_arguments, init_ray, node_cpus
 
 log = logging.getLogger("msc.infer")
@@ -91,6 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", default="parquet,csv", metavar="FMT",
                         help="final file formats, comma-separated from parquet,csv (default both)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
+    add_precision_argument(parser)
     parser.add_argument("--num-gpus", type=float, default=0.0,
                         help="GPUs per model actor (default 0: CPU); the pool gets one actor per that many GPUs")
     parser.add_argument("--chunk-files", type=int, default=8,
@@ -237,10 +239,12 @@ class LabelWindows:
     NaN on error rows, and on the windows a coarse pass skipped: :func:`msc_core.labelling.coarse_to_fine`).
     """
 
-    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int, coarse_s: float | None):
+    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int, coarse_s: float | None,
+                 precision: str):
         from msc_core.labelling import load_model
 
-        self.model = load_model(model_dir, threads=threads)
+        self.model = load_model(model_dir, threads=threads, precision=precision)  # "auto": this node's CPU decides
+        log.info("model actor: %d threads, %s", threads, self.model.precision)
         self.batch_size, self.view, self.coarse_s = batch_size, view, coarse_s
 
     def __call__(self, batch: dict) -> dict:
@@ -347,13 +351,16 @@ def part_name(kind: str, chunk_id: str) -> str:
     return f"parts/{kind}/{chunk_id}.parquet"
 
 
-def settings_of(*, model_id: str, config, coarse_s: float | None, max_windows: int, view: str) -> str:
+def settings_of(*, model_id: str, config, coarse_s: float | None, max_windows: int, view: str,
+                precision: str = "auto") -> str:
     """What every result depends on beside its file: the model, the features, the window policy and
-    coarse pass, ``--max-windows`` and ``--labels``."""
-    first_pass = {} if coarse_s is None else {"coarse_s": coarse_s}  # earlier outputs stay valid without one
+    coarse pass, ``--max-windows``, ``--labels`` and a ``--precision`` asked for."""
+    # earlier outputs stay valid without a first pass or a precision asked for
+    optional = {**({} if coarse_s is None else {"coarse_s": coarse_s}),
+                **({} if precision == "auto" else {"precision": precision})}
     return json.dumps({"model_id": model_id, "feature_hash": config.hash, "window": config.window.mode,
                        "hop_seconds": config.window.hop_seconds, "max_windows": max_windows, "view": view,
-                       **first_pass}, sort_keys=True)
+                       **optional}, sort_keys=True)
 
 
 def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[str], run_summary) -> None:
@@ -409,7 +416,7 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
 
 # ---------------------------------------------------------------------------------------- run
 def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None, limits, model_dir: str,
-                 model_id: str, batch_size: int, view: str, num_gpus: float,
+                 model_id: str, batch_size: int, view: str, precision: str, num_gpus: float,
                  isolate: bool) -> Iterator[tuple[str, list[tuple[str, int]]]]:
     """Run the pipeline once over ``pending`` chunks (:class:`msc_core.engine.Chunk`) on the connected cluster.
 
@@ -431,7 +438,8 @@ def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None,
                      compute=ray.data.ActorPoolStrategy(min_size=1, initial_size=plan.actors, max_size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
                      fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size, "view": view,
-                                            "threads": plan.threads, "coarse_s": coarse_s})
+                                            "threads": plan.threads, "coarse_s": coarse_s,
+                                            "precision": "fp32" if num_gpus and precision == "auto" else precision})
         .map_batches(WriteChunks, batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
                      compute=ray.data.ActorPoolStrategy(size=1),
                      fn_constructor_kwargs={"out_dir": out, "model_id": model_id, "feature_hash": config.hash})
@@ -447,7 +455,8 @@ def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None,
 
 
 def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
-                  hop_s: float | None = None, coarse_s: float | None = None, view: str = "all", limits=None,
+                  hop_s: float | None = None, coarse_s: float | None = None, view: str = "all",
+                  precision: str = "auto", limits=None,
                   formats: Sequence[str] = ("parquet", "csv"),
                   batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
                   address: str | None = None, num_cpus: int | None = None,
@@ -468,6 +477,9 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         ``windows`` holds the windows run).
     view : {"all", "binary"}
         Every content class, or the paper's speech/music view (:func:`msc_core.labelling.class_probs`).
+    precision : {"auto", "fp32", "bf16"}
+        The model's arithmetic (:func:`msc_core.labelling.load_model`); ``"auto"`` is decided by each
+        model actor's CPU, and is float32 with GPUs.
     limits : DecodeLimits or None
     formats : sequence of {"parquet", "csv"}
         Final file formats (``windows`` is Parquet only).
@@ -512,6 +524,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         raise InputError(f"formats are parquet and/or csv, not {','.join(formats)!r}")
     if view not in ("all", "binary"):
         raise InputError(f"labels are 'all' or 'binary', not {view!r}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"precision is auto, fp32 or bf16, not {precision!r}")
     if chunk_files < 1 or batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
     require_output_dir(out)
@@ -529,7 +543,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     filesystem, root = resolve_filesystem(out)
     root = root.rstrip("/")
     run = Run(out, listing=listing, settings=settings_of(model_id=model_id, config=config, coarse_s=coarse_s,
-                                                         max_windows=limits.max_windows, view=view),
+                                                         max_windows=limits.max_windows, view=view,
+                                                         precision=precision),
               files_per_chunk=chunk_files, part_folders=[f"parts/{kind}" for kind in PART_KINDS],
               every_chunks=COMMIT_EVERY_CHUNKS, verify=True)  # parts are small: read each in full
     log.info("%d chunks already labelled, %d to do", len(run.plan.kept), len(run.plan.chunks))
@@ -543,7 +558,8 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
             for chunk_id, parts in label_chunks(list(pending.values()), out=out, config=config, coarse_s=coarse_s,
                                                 limits=limits,
                                                 model_dir=model_dir, model_id=model_id, batch_size=batch_size,
-                                                view=view, num_gpus=num_gpus, isolate=isolate):
+                                                view=view, precision=precision, num_gpus=num_gpus,
+                                                isolate=isolate):
                 run.done(pending.pop(chunk_id), parts=parts)
         except ray.exceptions.RayError as error:  # e.g. a node lost with the only copy of a block
             if is_disk_full(error):
@@ -572,7 +588,8 @@ def run(args: argparse.Namespace) -> int:
     from msc_core.report import arguments_of
 
     result = infer_archive(args.sources, out=args.out, model=args.model, window=args.window, hop_s=args.hop,
-                           coarse_s=args.coarse, view=args.view, limits=decode_limits(args), formats=formats,
+                           coarse_s=args.coarse, view=args.view, precision=args.precision,
+                           limits=decode_limits(args), formats=formats,
                            batch_size=args.batch_size, num_gpus=args.num_gpus, chunk_files=args.chunk_files,
                            isolate=not args.no_isolation,
                            address=args.address, num_cpus=args.num_cpus, arguments=arguments_of(args))

@@ -30,6 +30,14 @@ def add_view_argument(parser: argparse.ArgumentParser) -> None:
                              "with silence")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16``: the arithmetic of the model's convolutions."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="the model's convolutions in bfloat16 or float32; auto (default): bf16 where the CPU "
+                             "computes it natively (AVX512_BF16 or AMX), fp32 elsewhere (the model card gives what "
+                             "bf16 changes)")
+
+
 def window_config(args: argparse.Namespace):
     """The paper's :class:`~msc_core.config.FeatureConfig` with the window policy ``args`` ask for.
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from jobs.options import add_limit_arguments, add_view_argument, add_window_arguments, decode_limits, labelling_windows
+from jobs.options import (add_limit_arguments, add_precision_argument, add_view_argument, add_window_arguments,
+                          decode_limits, labelling_windows)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_window_arguments(parser, labelling=True)
     add_view_argument(parser)
     add_limit_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run)
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, coarse_s = labelling_windows(args)  # refuses bad options before the model loads
     limits = decode_limits(args)
-    model = load_model(args.model)
+    model = load_model(args.model, precision=args.precision)
     child = None if args.no_isolation else shared_child(warm_up=warm_up)
     labels = []
     for path in args.files:  # the jobs' per-file step, so that a file fails here as it fails in msc infer

@@ -665,7 +665,8 @@ def check_model(path: str | os.PathLike | None = None) -> dict:
     return check_model_dir(model_location(path), expected_config=PAPER)[0]
 
 
-def load_model(path: str | os.PathLike | None = None, *, threads: int | None = None) -> "MscModel":
+def load_model(path: str | os.PathLike | None = None, *, threads: int | None = None,
+               precision: Literal["auto", "fp32", "bf16"] = "fp32") -> "MscModel":
     """Load an msc model directory, checked to read the features msc computes (:data:`PAPER`).
 
     Parameters
@@ -678,6 +679,9 @@ def load_model(path: str | os.PathLike | None = None, *, threads: int | None = N
         inter-op); None leaves TensorFlow's default, every core it finds. Only
         a process whose TensorFlow has run nothing yet can set it (a Ray actor
         does so for the CPUs it reserves).
+    precision : {"auto", "fp32", "bf16"}
+        Arithmetic of the convolutions (:meth:`MscModel.with_precision`); ``"auto"`` is
+        ``"bf16"`` where the CPU computes bfloat16 natively (:func:`msc_core.model.cpu_has_bf16`).
 
     Raises
     ------
@@ -685,6 +689,8 @@ def load_model(path: str | os.PathLike | None = None, *, threads: int | None = N
         No such model, or no bundled model when ``path`` is None.
     FeatureConfigMismatchError
         The model reads other features than msc computes.
+    ParameterError
+        An unknown ``precision``.
     """
     from .model import load_model_dir
 
@@ -693,7 +699,7 @@ def load_model(path: str | os.PathLike | None = None, *, threads: int | None = N
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    return load_model_dir(model_location(path), expected_config=PAPER)
+    return load_model_dir(model_location(path), expected_config=PAPER).with_precision(precision)
 
 
 def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int = 32,

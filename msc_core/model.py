@@ -19,6 +19,7 @@ A model directory holds three files:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -51,6 +52,8 @@ PAPER_WIDTHS = (32, 64, 128)
 PAPER_DENSE = (128, 64)
 _CONV_DROPOUT = (0.2, 0.3, 0.4)
 _DENSE_DROPOUT = 0.5
+#: Arithmetic of the model's convolutions at inference (:func:`folded_forward`).
+PRECISIONS = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------------------- building
@@ -220,7 +223,7 @@ _FOLDABLE = ("Conv3D", "BatchNormalization", "MaxPooling3D", "Dropout") * 2 + (
     "Conv3D", "BatchNormalization", "GlobalAveragePooling3D", "Dropout") + ("Dense", "Dropout") * 2 + ("Dense",)
 
 
-def folded_forward(model: keras.Model) -> Callable | None:
+def folded_forward(model: keras.Model, *, precision: str = "fp32") -> Callable | None:
     """The inference function of an msc model of :func:`build_cnn`'s layout, BatchNormalization folded away.
 
     Each block computes ``relu(conv(x) + b) * s + t`` (inference-mode
@@ -232,10 +235,18 @@ def folded_forward(model: keras.Model) -> Callable | None:
     difference), and about 1.4x faster on CPU, where the full-resolution
     BatchNormalization pass is a large share of the work.
 
+    With ``precision="bf16"`` the three convolution blocks (convolution,
+    bias, ReLU, pooling) run in bfloat16, which oneDNN computes with the
+    CPU's bf16 instructions where it has them (AVX512_BF16, AMX); the inputs
+    are one-hot and exact in bf16, the global mean and the dense head stay
+    float32. It is an approximation: the model card gives what it changes.
+
     Parameters
     ----------
     model : keras.Model
         An msc model (:func:`build_model`, :func:`load_model_dir`).
+    precision : {"fp32", "bf16"}
+        Arithmetic of the convolution blocks.
 
     Returns
     -------
@@ -262,6 +273,9 @@ def folded_forward(model: keras.Model) -> Callable | None:
             or [layer.get_config()["activation"] for layer in denses] != ["relu", "relu", "softmax"]
             or any(norm.axis not in (-1, 4, [-1], [4]) or not (norm.center and norm.scale) for norm in norms)):
         return None
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    dtype = tf.bfloat16 if precision == "bf16" else tf.float32  # of the convolution blocks
     scales, shifts = [], []
     for norm in norms:
         gamma, beta, mean, variance = (np.asarray(weight, np.float64) for weight in norm.get_weights())
@@ -270,8 +284,8 @@ def folded_forward(model: keras.Model) -> Callable | None:
             return None
         scales.append(scale)
         shifts.append(tf.constant(beta - mean * scale, tf.float32))
-    kernels = [tf.constant(conv.get_weights()[0] * scale, tf.float32) for conv, scale in zip(convs, scales)]
-    biases = [tf.constant(conv.get_weights()[1] * scale, tf.float32) for conv, scale in zip(convs, scales)]
+    kernels = [tf.cast(conv.get_weights()[0] * scale, dtype) for conv, scale in zip(convs, scales)]
+    biases = [tf.cast(conv.get_weights()[1] * scale, dtype) for conv, scale in zip(convs, scales)]
     dense = [[tf.constant(weight, tf.float32) for weight in layer.get_weights()] for layer in denses]
     table = tf.constant(table, tf.float32)
     pool = [1, 2, 2, 2, 1]
@@ -281,10 +295,10 @@ def folded_forward(model: keras.Model) -> Callable | None:
 
     def forward(codes):
         x = tf.gather(table, tf.cast(codes, tf.int32))                       # (B, n_mels, frames, layers)
-        x = tf.expand_dims(tf.transpose(x, (0, 3, 1, 2)), -1)                # (B, layers, n_mels, frames, 1)
+        x = tf.cast(tf.expand_dims(tf.transpose(x, (0, 3, 1, 2)), -1), dtype)  # (B, layers, n_mels, frames, 1)
         for i in range(2):
-            x = tf.nn.max_pool3d(block(x, i), pool, pool, "VALID") + shifts[i]
-        x = tf.reduce_mean(block(x, 2), axis=(1, 2, 3)) + shifts[2]
+            x = tf.nn.max_pool3d(block(x, i), pool, pool, "VALID") + tf.cast(shifts[i], dtype)
+        x = tf.reduce_mean(tf.cast(block(x, 2), tf.float32), axis=(1, 2, 3)) + shifts[2]
         x = tf.nn.relu(x @ dense[0][0] + dense[0][1])
         x = tf.nn.relu(x @ dense[1][0] + dense[1][1])
         return tf.nn.softmax(x @ dense[2][0] + dense[2][1])
@@ -305,11 +319,15 @@ class MscModel:
         Features the model reads; compare with :func:`require_same_features`.
     metadata : Mapping
         The contents of ``model.json``.
+    precision : {"fp32", "bf16"}
+        Arithmetic of the convolutions at inference (:func:`folded_forward`; a model
+        that cannot be folded runs Keras's float32 graph whatever this says).
     """
 
     keras_model: keras.Model
     config: FeatureConfig
     metadata: Mapping[str, Any]
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @property
     def model_id(self) -> str:
@@ -327,7 +345,8 @@ class MscModel:
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, *self.config.encoded_shape), tf.uint8)
-        forward = folded_forward(self.keras_model) or (lambda codes: self.keras_model(codes, training=False))
+        forward = (folded_forward(self.keras_model, precision=self.precision)
+                   or (lambda codes: self.keras_model(codes, training=False)))
         return tf.function(forward, input_signature=[spec])
 
     def predict_codes(self, codes: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
@@ -361,7 +380,36 @@ class MscModel:
 
     def uncalibrated(self) -> "MscModel":
         """The same model without its calibration temperature."""
-        return MscModel(self.keras_model, self.config, {**self.metadata, "calibration": None})
+        return dataclasses.replace(self, metadata={**self.metadata, "calibration": None})
+
+    def with_precision(self, precision: Literal["auto", "fp32", "bf16"]) -> "MscModel":
+        """The same model computing at ``precision`` (:func:`resolve_precision`)."""
+        return dataclasses.replace(self, precision=resolve_precision(precision))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16; Linux's /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
+    """``"auto"``: ``"bf16"`` where :func:`cpu_has_bf16`, else ``"fp32"``; the others as they are.
+
+    Raises
+    ------
+    ParameterError
+        Not one of ``auto``, :data:`PRECISIONS`.
+    """
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision must be auto, {' or '.join(PRECISIONS)}, not {precision!r}")
+    return precision
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -5,6 +5,8 @@ Usage::
     python scripts/heldout_eval.py CORPUS_DIR SPLIT_MANIFEST.csv --models new=DIR previous=DIR paper=DIR \\
         [--ina .peers/ina/bin/python] [--split test] [--out heldout.json]
 
+``NAME=DIR@bf16`` runs that model's convolutions in bfloat16 (``--precision``; default fp32).
+
 Clips: every clip of ``--split`` in the split manifest (``scripts/corpus_split_manifest.py``:
 whole source packages that training never saw), plus every generated ``silence``
 clip of the corpus (no model learns silence). Each clip's category comes from
@@ -99,7 +101,8 @@ def main() -> None:
     table = clips(args.corpus, args.split_manifest, args.split)
     answers: dict[str, tuple[list[str], list[float], bool]] = {}
     for name, directory in (item.split("=", 1) for item in args.models):
-        model = load_model(directory)
+        directory, _, precision = directory.partition("@")  # NAME=DIR@bf16: that arithmetic (default fp32)
+        model = load_model(directory, precision=precision or "fp32")
         views = ["all", "binary"] if len(model.labels) > 2 else ["binary"]
         for view in views:
             labels = [label_file(path, model, view=view) for path in table["path"]]

@@ -40,3 +40,18 @@ def test_predict_labels_a_recorded_clip_of_the_test_split(label, capsys):
     assert main(["predict", str(CORPUS / clip["path"]), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
     assert result["label"] == label
+
+
+def test_bf16_labels_as_fp32(tmp_path, capsys):
+    from tests.conftest import write_audio
+
+    files = [str(write_audio(tmp_path / f"{kind}.wav", kind, 12.0, seed=4)) for kind in ("music", "speech")]
+    said = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["predict", *files, "--json", "--precision", precision]) == 0
+        said[precision] = json.loads(capsys.readouterr().out)
+    for fp32, bf16 in zip(said["fp32"], said["bf16"]):
+        assert bf16["label"] == fp32["label"]
+        assert [segment["label"] for segment in bf16["segments"]] == [segment["label"] for segment in fp32["segments"]]
+        for name in CLASSES:  # the model card's bound on held-out windows is 0.02
+            assert abs(bf16[f"p_{name}"] - fp32[f"p_{name}"]) < 0.02

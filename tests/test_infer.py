@@ -216,3 +216,14 @@ def test_model_pool_grows_with_nodes_and_never_oversubscribes():
         assert plan.actor_cpus + plan.task_cpus + WRITER_CPUS <= cpus
     gpu = plan_resources(node_cpus=[8], gpus=2, gpus_per_actor=1)
     assert (gpu.actors, gpu.actor_gpus, gpu.task_cpus) == (2, 1, 1.0)
+
+
+def test_a_precision_asked_for_is_a_setting():
+    from jobs.infer import settings_of
+    from msc_core.labelling import labelling_windows
+
+    config, coarse_s = labelling_windows()
+    common = {"model_id": "m", "config": config, "coarse_s": coarse_s, "max_windows": 0, "view": "all"}
+    assert settings_of(**common, precision="auto") == settings_of(**common)  # earlier outputs stay valid
+    assert "precision" not in json.loads(settings_of(**common))
+    assert json.loads(settings_of(**common, precision="bf16"))["precision"] == "bf16"

@@ -13,7 +13,7 @@ import pytest
 
 from msc_core import depth
 from msc_core.config import CLASSES, PAPER
-from msc_core.errors import FeatureConfigMismatchError, ModelLoadError
+from msc_core.errors import FeatureConfigMismatchError, ModelLoadError, ParameterError
 from msc_core.model import (LABELS, MscModel, architecture, build_cnn, build_model, check_model_dir, decode_stage,
                             folded_forward, import_paper_model, load_model_dir, save_model_dir, set_temperature)
 
@@ -312,6 +312,15 @@ def test_folded_batchnorm_computes_the_same_function():
     np.testing.assert_allclose(folded_forward(model)(codes).numpy(), want, atol=1e-5)
     np.testing.assert_allclose(MscModel(model, PAPER, {"model_id": "m", "labels": list(CLASSES)}).predict_codes(codes),
                                want, atol=1e-5)
+    # bfloat16 convolutions (8 bits of mantissa): close to float32, not equal; any CPU computes them
+    plain = build_model(PAPER, widths=(4, 6, 8), dense=(8, 6), outputs=4, seed=3)  # outputs far from 0 and 1
+    fp32 = plain(codes, training=False).numpy()
+    bf16 = MscModel(plain, PAPER, {"model_id": "m", "labels": list(CLASSES)}).with_precision("bf16")
+    got = bf16.predict_codes(codes)
+    np.testing.assert_allclose(got, fp32, atol=1e-3)
+    assert bf16.precision == "bf16" and not np.array_equal(got, fp32)
+    with pytest.raises(ParameterError, match="precision"):
+        folded_forward(model, precision="fp16")
     norm = model.get_layer("cnn").layers[5]
     gamma, *rest = norm.get_weights()
     norm.set_weights([-gamma, *rest])  # a negative scale does not commute with relu: Keras's own graph is used
