@@ -19,7 +19,8 @@ The WAV files and their ground truth are cached in ``--dir``.
 
 **Methods**: msc's :func:`msc_core.labelling.label_file` with the default (or
 ``--model``) model at each window hop of ``--hops`` (5: back to back; 1: 0.9985 s,
-every window run; 1/5: a 1-s hop with a first pass every 5 s, labelling's default),
+every window run; 1/5: a 1-s hop with a first pass every 5 s, labelling's default;
+a suffix ``@bf16`` or ``@auto`` sets the model's arithmetic, default ``fp32`` as msc's),
 and inaSpeechSegmenter 0.6.8 (``sm`` engine, its own venv, ../shared/peers/README.md)
 when ``--ina`` is given (its ``noEnergy`` is silence).
 
@@ -270,7 +271,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="msc model directory (default: the bundled model)")
     parser.add_argument("--ina", default=None, metavar="PYTHON", help="python of an inaSpeechSegmenter venv")
     parser.add_argument("--hops", default="5,1,1/5", help="msc window hops to run, s (5: back to back; 1: 0.9985 s; "
-                                                       "1/5: hop 1 with a coarse pass every 5 s)")
+                                                       "1/5: hop 1 with a coarse pass every 5 s; a suffix @bf16 or "
+                                                       "@auto: the model's arithmetic, default fp32)")
     args = parser.parse_args()
 
     started = time.time()
@@ -280,13 +282,18 @@ def main() -> None:
     print(f"{len(items)} programmes, {audio_s / 60:.1f} min, "
           f"{sum(len(truth) - 1 for _, truth in items)} true boundaries (built in {time.time() - started:.0f} s)")
     print(featurize_ratio(items[0][0]))
-    model = load_model(args.model)
-    label_features(featurize_file(items[0][0], window_config("all", 1.0)), model)  # warm-up: TF, numba, caches
+    models = {}
     estimates, cpu = {}, {}
     for spec in args.hops.split(","):
+        spec, _, precision = spec.partition("@")
+        precision = precision or "fp32"
+        if precision not in models:
+            models[precision] = load_model(args.model, precision=precision)
+            label_features(featurize_file(items[0][0], window_config("all", 1.0)), models[precision])  # warm-up
         hop, _, coarse = spec.partition("/")
-        name = f"msc, {'5-s windows' if float(hop) == 5 else f'hop {hop} s'}{f', coarse {coarse} s' if coarse else ''}"
-        estimates[name], cpu[name] = run_msc(model, items, float(hop), float(coarse) if coarse else 0)
+        name = (f"msc, {'5-s windows' if float(hop) == 5 else f'hop {hop} s'}{f', coarse {coarse} s' if coarse else ''}"
+                f" ({models[precision].precision})")
+        estimates[name], cpu[name] = run_msc(models[precision], items, float(hop), float(coarse) if coarse else 0)
     if args.ina:
         estimates["inaSpeechSegmenter sm"], cpu["inaSpeechSegmenter sm"] = run_ina(args.ina, items)
 

@@ -17,7 +17,7 @@ Ogg Vorbis; or ``--archive DIR`` of your own audio), then:
    long files.
    Without ``--hop``/``--coarse`` the windows are labelling's defaults (a 1-s
    hop, the model every 5 s first: :func:`msc_core.labelling.labelling_windows`), and the
-   model's arithmetic is ``--precision``'s (default ``auto``, as infer's).
+   model's arithmetic is ``--precision``'s (default ``fp32``, as infer's).
 2. **End to end**: ``msc infer ARCHIVE [--hop H] [--coarse C]`` and ``msc featurize ARCHIVE
    --window all [--hop H]`` as fresh commands (Ray starts in-process, TensorFlow
    loads in infer's actors), with the CPU of each one's whole process tree
@@ -216,8 +216,8 @@ def main() -> None:
                         help="seconds between window starts (default: each command's, infer 1 and featurize 5)")
     parser.add_argument("--coarse", type=float, default=None,
                         help="infer's first pass (default: labelling's, 5 s with overlapping windows; 0: none)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="the model's arithmetic in this checkout's runs (default auto, as msc infer's)")
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                        help="the model's arithmetic in this checkout's runs (default fp32, as msc infer's)")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
                         help="also run msc infer from this checkout (repeatable)")
     options = parser.parse_args()

@@ -352,12 +352,12 @@ def part_name(kind: str, chunk_id: str) -> str:
 
 
 def settings_of(*, model_id: str, config, coarse_s: float | None, max_windows: int, view: str,
-                precision: str = "auto") -> str:
+                precision: str = "fp32") -> str:
     """What every result depends on beside its file: the model, the features, the window policy and
-    coarse pass, ``--max-windows``, ``--labels`` and a ``--precision`` asked for."""
-    # earlier outputs stay valid without a first pass or a precision asked for
+    coarse pass, ``--max-windows``, ``--labels`` and a ``--precision`` other than fp32."""
+    # earlier outputs stay valid without a first pass or another precision
     optional = {**({} if coarse_s is None else {"coarse_s": coarse_s}),
-                **({} if precision == "auto" else {"precision": precision})}
+                **({} if precision == "fp32" else {"precision": precision})}
     return json.dumps({"model_id": model_id, "feature_hash": config.hash, "window": config.window.mode,
                        "hop_seconds": config.window.hop_seconds, "max_windows": max_windows, "view": view,
                        **optional}, sort_keys=True)
@@ -456,7 +456,7 @@ def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None,
 
 def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None, window: str = "all",
                   hop_s: float | None = None, coarse_s: float | None = None, view: str = "all",
-                  precision: str = "auto", limits=None,
+                  precision: str = "fp32", limits=None,
                   formats: Sequence[str] = ("parquet", "csv"),
                   batch_size: int = 32, num_gpus: float = 0.0, chunk_files: int = 8, isolate: bool = True,
                   address: str | None = None, num_cpus: int | None = None,

@@ -32,10 +32,10 @@ def add_view_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision auto|fp32|bf16``: the arithmetic of the model's convolutions."""
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="the model's convolutions in bfloat16 or float32; auto (default): bf16 where the CPU "
-                             "computes it natively (AVX512_BF16 or AMX), fp32 elsewhere (the model card gives what "
-                             "bf16 changes)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                        help="the model's convolutions in float32 (default) or bfloat16, faster where the CPU "
+                             "computes it natively (the model card gives what it changes); auto: bf16 where the CPU "
+                             "has AVX512_BF16 or AMX, fp32 elsewhere")
 
 
 def window_config(args: argparse.Namespace):

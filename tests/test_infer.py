@@ -224,6 +224,7 @@ def test_a_precision_asked_for_is_a_setting():
 
     config, coarse_s = labelling_windows()
     common = {"model_id": "m", "config": config, "coarse_s": coarse_s, "max_windows": 0, "view": "all"}
-    assert settings_of(**common, precision="auto") == settings_of(**common)  # earlier outputs stay valid
+    assert settings_of(**common, precision="fp32") == settings_of(**common)  # earlier outputs stay valid
     assert "precision" not in json.loads(settings_of(**common))
-    assert json.loads(settings_of(**common, precision="bf16"))["precision"] == "bf16"
+    for precision in ("bf16", "auto"):
+        assert json.loads(settings_of(**common, precision=precision))["precision"] == precision
