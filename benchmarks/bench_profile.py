@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")  # as the user set it, before msc_core sets its default
 import msc_core  # noqa: E402,F401 (first: it sets TensorFlow's oneDNN default before TensorFlow loads)
 from benchmarks.process_tree import run_measured  # noqa: E402
-from msc_core.model import resolve_precision  # noqa: E402
+from msc_core.model import PRECISIONS, resolve_precision  # noqa: E402
 
 STAGES = ("decode", "features", "model", "aggregate", "write")
 
@@ -216,7 +216,7 @@ def main() -> None:
                         help="seconds between window starts (default: each command's, infer 1 and featurize 5)")
     parser.add_argument("--coarse", type=float, default=None,
                         help="infer's first pass (default: labelling's, 5 s with overlapping windows; 0: none)")
-    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="fp32", choices=("auto", *PRECISIONS),
                         help="the model's arithmetic in this checkout's runs (default fp32, as msc infer's)")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
                         help="also run msc infer from this checkout (repeatable)")

@@ -505,7 +505,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
 
     Raises
     ------
-    InputError
+    InputError, ParameterError
         Bad options, an empty listing or bad sources (nothing is changed).
     StorageFullError
         The output ran out of space; the last committed snapshot is intact.
@@ -516,6 +516,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
     from msc_core.engine import Run, is_disk_full, list_entries
     from msc_core.errors import InputError, MscError, StorageFullError
     from msc_core.labelling import check_model, labelling_windows, model_location
+    from msc_core.model import resolve_precision
     from msc_core.report import RunSummary, finish_run
     from msc_core.sources import iter_audio_paths, unlabelled_item
     from msc_core.storage import require_output_dir, resolve_filesystem
@@ -524,8 +525,7 @@ def infer_archive(sources: Sequence[str], *, out: str, model: str | None = None,
         raise InputError(f"formats are parquet and/or csv, not {','.join(formats)!r}")
     if view not in ("all", "binary"):
         raise InputError(f"labels are 'all' or 'binary', not {view!r}")
-    if precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"precision is auto, fp32 or bf16, not {precision!r}")
+    resolve_precision(precision)  # refuses an unknown one before Ray starts
     if chunk_files < 1 or batch_size < 1:
         raise InputError("--chunk-files and --batch-size must be at least 1")
     require_output_dir(out)
