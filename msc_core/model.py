@@ -245,8 +245,8 @@ def folded_forward(model: keras.Model, *, precision: str = "fp32") -> Callable |
     ----------
     model : keras.Model
         An msc model (:func:`build_model`, :func:`load_model_dir`).
-    precision : {"fp32", "bf16"}
-        Arithmetic of the convolution blocks.
+    precision : {"fp32", "bf16", "auto"}
+        Arithmetic of the convolution blocks (:func:`resolve_precision`).
 
     Returns
     -------
@@ -257,6 +257,7 @@ def folded_forward(model: keras.Model, *, precision: str = "fp32") -> Callable |
     """
     import tensorflow as tf
 
+    dtype = tf.bfloat16 if resolve_precision(precision) == "bf16" else tf.float32  # of the convolution blocks
     try:
         layers = model.get_layer("cnn").layers
         table = model.get_layer("decode").get_layer("depth_table").get_weights()[0]
@@ -273,9 +274,6 @@ def folded_forward(model: keras.Model, *, precision: str = "fp32") -> Callable |
             or [layer.get_config()["activation"] for layer in denses] != ["relu", "relu", "softmax"]
             or any(norm.axis not in (-1, 4, [-1], [4]) or not (norm.center and norm.scale) for norm in norms)):
         return None
-    if precision not in PRECISIONS:
-        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    dtype = tf.bfloat16 if precision == "bf16" else tf.float32  # of the convolution blocks
     scales, shifts = [], []
     for norm in norms:
         gamma, beta, mean, variance = (np.asarray(weight, np.float64) for weight in norm.get_weights())
