@@ -443,7 +443,10 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
         Weight of each class in the training loss.
     initial : sequence of np.ndarray or None
         Starting values of the model's weights (``keras.Model.get_weights`` of a model of the
-        same widths and classes), for fine-tuning; ignored when ``restore`` is given.
+        same widths and classes), for fine-tuning; ignored when ``restore`` is given. The
+        BatchNormalization layers then stay in inference mode with the given statistics and
+        scales (Keras's advice for fine-tuning: batch statistics would shift every activation
+        the dense head was learnt on).
     restore : Checkpoint or None
         Continue from this checkpoint.
     on_epoch_end : callable(EpochEnd)
@@ -465,6 +468,9 @@ def fit(config: FeatureConfig, settings: TrainSettings, *, strategy, rank: int, 
     with strategy.scope():
         model = build_model(config, widths=settings.widths, batchnorm_momentum=settings.batchnorm_momentum,
                             outputs=len(class_weights), seed=settings.seed)
+        if initial is not None:  # a frozen BatchNormalization runs in inference mode (Keras 3)
+            for layer in model.get_layer("cnn").layers:
+                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
         optimizer = keras.optimizers.Adam(settings.learning_rate)
         optimizer.build(model.trainable_variables)
     class_weight_table = tf.constant(class_weights, tf.float32)

@@ -184,12 +184,13 @@ def test_init_from_starts_every_weight_from_a_model(ray_local, tmp_path):
     dataset = write_synthetic_shards(tmp_path / "data", files=1)
     start = save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, seed=7), SMALL, tmp_path / "start",
                            source="trained")
-    # --lr 0: the optimizer changes nothing, so the learnt weights are the starting model's (widths taken from it)
+    # --lr 0: the optimizer changes nothing, so the learnt weights are the starting model's (widths taken from it),
+    # and BatchNormalization stays in inference mode: its moving statistics are the starting model's too
     assert cli.main(["train", str(dataset), "--out", str(tmp_path / "model"), "--init-from", str(tmp_path / "start"),
                      "--epochs", "1", "--batch-size", "4", "--lr", "0", "-q"]) == 0
     model = load_model_dir(tmp_path / "model")
     assert model.metadata["extra"]["init_from"] == start.model_id and model.metadata["widths"] == list(SMALL_WIDTHS)
-    for kept, learnt in zip(start.keras_model.trainable_weights, model.keras_model.trainable_weights):
+    for kept, learnt in zip(start.keras_model.weights, model.keras_model.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(kept), keras.ops.convert_to_numpy(learnt))
     save_model_dir(build_model(SMALL, widths=SMALL_WIDTHS, outputs=3, seed=7), SMALL, tmp_path / "three",
                    source="trained", labels=("speech", "music", "noise"))
