@@ -9,8 +9,9 @@ Ogg Vorbis; or ``--archive DIR`` of your own audio), then:
 
 1. **Stage profile**, in this process on one thread, file by file with the
    library's own functions: decoding (``AudioStream`` to mono windows at
-   22.05 kHz), features (depth-layer codes and the frame cues for
-   segmentation), the model (``predict_codes``, batches of 32, on the windows
+   22.05 kHz), features (the frame cues for segmentation, and the depth-layer
+   codes of the windows the model reads: :meth:`msc_core.labelling.FileFeatures.window_codes`),
+   the model (``predict_codes``, batches of 32, on the windows
    :func:`msc_core.labelling.coarse_to_fine` picks, as infer runs it), aggregation
    (``labelling.aggregate``: probabilities to labels and segments) and writing
    (``label_tables`` and Parquet). CPU seconds of each, separately for short and
@@ -98,15 +99,14 @@ def make_archive(root: Path, *, short: int, short_s: float, long: int, long_s: f
 def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | None, precision: str,
                   out: Path) -> dict[str, dict[str, float]]:
     """CPU seconds of each stage per group of files (``short``/``long``), plus ``audio_s``, ``windows``
-    (featurized) and ``run`` (windows the model ran on)."""
+    and ``run`` (the windows featurized and run by the model)."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from msc_core.audio import AudioStream
-    from msc_core.depth import featurize_hopped
-    from msc_core.labelling import (aggregate, class_probs, coarse_to_fine, label_tables, labelling_windows, load_model,
-                                    warm_up)
+    from msc_core.labelling import (FileFeatures, aggregate, class_probs, coarse_to_fine, label_tables,
+                                    labelling_windows, load_model, warm_up)
     from msc_core.segmentation import CueTracker
     from msc_core.shards import write_atomic
 
@@ -114,31 +114,38 @@ def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | N
     model = load_model(None, precision=precision)
     model.predict_codes(np.zeros((1, *config.encoded_shape), np.uint8))  # build the graph outside the timing
     warm_up()  # and import the decoders and librosa's lazy modules
-    hop = config.hop_samples
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for number, path in enumerate(paths):
-        tracker, cue_s = CueTracker(sample_rate=config.sample_rate), [0.0]
+        tracker, blocks, feature_s = CueTracker(sample_rate=config.sample_rate), [], [0.0]
 
         def push(block: np.ndarray) -> None:  # the cues count as features, not as decoding
             started = time.process_time()
             tracker.push(block)
-            cue_s[0] += time.process_time() - started
+            blocks.append(block)
+            feature_s[0] += time.process_time() - started
 
         clock = time.process_time()
         with AudioStream.open(str(path)) as stream:
             batches = list(stream.windows(config, on_audio=push))
             duration = stream.decoded_s
-        decode = time.process_time() - clock - cue_s[0]
+        decode = time.process_time() - clock - feature_s[0]
         clock = time.process_time()
         cues = tracker.finish()
-        codes = np.concatenate([featurize_hopped(batch.samples, hop_samples=hop, config=config) for batch in batches])
-        features = time.process_time() - clock + cue_s[0]
         start_s = np.concatenate([batch.start_s for batch in batches])
         end_s = start_s + np.concatenate([batch.audio_s for batch in batches])
-        clock = time.process_time()
-        probs = coarse_to_fine(np.zeros(len(codes)), start_s, lambda rows: class_probs(
-            model.predict_codes(codes[rows], batch_size=32), model.labels), coarse_s=coarse_s)
-        model_s = time.process_time() - clock
+        lazy = FileFeatures(str(path), start_s, end_s, None, duration, 0, 0, signal=np.concatenate(blocks))
+        feature_s[0] += time.process_time() - clock
+
+        def predict(rows: np.ndarray) -> np.ndarray:  # featurized where read, as infer's model stage does
+            started = time.process_time()
+            codes = lazy.window_codes(rows, config=config)
+            feature_s[0] += time.process_time() - started
+            return class_probs(model.predict_codes(codes, batch_size=32), model.labels)
+
+        clock, before = time.process_time(), feature_s[0]
+        probs = coarse_to_fine(np.zeros(len(start_s)), start_s, predict, coarse_s=coarse_s)
+        features = feature_s[0]
+        model_s = time.process_time() - clock - (features - before)
         clock = time.process_time()
         run = ~np.isnan(probs[:, 0])
         label = aggregate(str(path), start_s=start_s[run], end_s=end_s[run], duration_s=duration, probs=probs[run],
@@ -152,7 +159,7 @@ def stage_profile(paths: list[Path], *, hop_s: float | None, coarse_s: float | N
             group[name] += value
         group["files"] += 1
         group["audio_s"] += duration
-        group["windows"] += len(codes)
+        group["windows"] += len(start_s)
         group["run"] += run.sum()
     return totals
 
@@ -244,7 +251,7 @@ def main() -> None:
     stage_cpu = {name: sum(group[name] for group in profile.values()) for name in STAGES}
     featurized, model_windows = (sum(group[name] for group in profile.values()) for name in ("windows", "run"))
     print(f"{len(paths)} files, {audio_s / 60:.1f} min of audio, --hop {options.hop} --coarse {options.coarse}: "
-          f"{featurized:.0f} windows featurized, the model on {model_windows:.0f} (--precision {options.precision}: "
+          f"{featurized:.0f} windows, {model_windows:.0f} of them featurized and run by the model (--precision {options.precision}: "
           f"{resolve_precision(options.precision)} here); {os.cpu_count()} CPUs, "
           f"load average {load:.1f} at the start\n")
     print("| stage (one thread, in process) | " + " | ".join(f"{group} files: CPU s (share)" for group in profile)

@@ -3,9 +3,11 @@
 Pipeline (no audio, codes or probabilities pass through the driver; it holds only the listing)::
 
     chunks of files (from the manifest)                      driver: listing only
-      -> featurize_chunk      tasks: decode + featurize each file (in a supervised child process
-                              killed after --file-timeout), one block of window rows per chunk
-      -> LabelWindows         actor pool: the model, loaded once per actor, batched predict
+      -> decode_chunk         tasks: decode each file (in a supervised child process killed after
+                              --file-timeout), one row per piece of a file: its windows' times
+                              and its audio
+      -> LabelWindows         actor pool: the model, loaded once per actor; featurizes the windows
+                              it reads (a coarse pass first), batched predict; one row per window
       -> WriteChunks          one small actor: per-file aggregation, then the chunk's parts
       -> driver               one tiny summary row per chunk; assembles the final files at the end
 
@@ -73,6 +75,7 @@ MAX_ACTOR_THREADS = 8  # CPUs (and TensorFlow threads) of one model actor at mos
 FEATURIZE_SHARE = 0.1  # of each node's CPUs kept for featurize tasks (0.35 measured the same on 2 CPUs)
 PIPELINE_ATTEMPTS = 3  # runs of the pipeline over chunks still without output (lost to dead workers or nodes)
 COMMIT_EVERY_CHUNKS = 4  # chunks per commit of the file records (or every 10 s): what a killed run can lose
+PIECE_S = 300.0  # seconds of windows in one row between decoding and the model (26 MB of audio)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -181,62 +184,77 @@ def plan_resources(*, node_cpus: Sequence[float], gpus: float, gpus_per_actor: f
 
 
 # ---------------------------------------------------------------------------------------- stages
-def featurize_chunk(batch: dict, *, config, limits, isolate: bool) -> Iterator[dict]:
-    """Decode and featurize every file of each chunk in ``batch``; one output batch per chunk.
+def piece_size(config, coarse_s: float | None) -> int:
+    """Windows per piece of a file (:func:`decode_chunk`): about :data:`PIECE_S` seconds of window starts,
+    a whole number of a coarse pass's spacing so that every piece starts on its grid."""
+    hop_s = config.hop_samples / config.sample_rate
+    step = 1 if coarse_s is None else int(round(coarse_s / hop_s))
+    return step * max(1, round(PIECE_S / hop_s / step))
 
-    With ``isolate``, files are decoded in this worker's supervised child
-    process, killed when one overruns ``limits.max_decode_s`` (DecodeLimits).
 
-    Output columns (one row per window; one row with zero codes per file that failed):
-    ``chunk_id`` str, ``chunk_rows`` int64 (rows of the whole chunk), ``row`` int64 (index in the chunk), ``file`` int32
-    (index in the chunk), ``path`` str, ``start_s``/``end_s``/``duration_s`` float64 (s),
-    ``truncated_at_s`` float64 (s; NaN unless ``limits.max_windows`` cut the file),
-    ``error`` str ("" when ok), ``codes`` uint8 (rows, n_mels, frames), ``cues`` bytes (the file's
-    :meth:`msc_core.segmentation.FrameCues.to_bytes` on its first row, empty on the others).
+def decode_chunk(batch: dict, *, config, limits, isolate: bool, piece_windows: int) -> Iterator[dict]:
+    """Decode every file of each chunk in ``batch``; one output batch per chunk, one row per piece of a file.
+
+    The windows are not featurized here: the model stage featurizes the ones it
+    reads from the audio each row carries (``lazy`` in
+    :func:`msc_core.labelling.featurize_file`). A file is cut into pieces of
+    ``piece_windows`` windows (:func:`piece_size`) so that a row stays small; Ray
+    Data never splits a row between blocks. Each piece also holds the next
+    piece's first window, so that a coarse pass over the piece decides as it
+    does over the whole file. With ``isolate``, files are decoded in this
+    worker's supervised child process, killed when one overruns
+    ``limits.max_decode_s`` (DecodeLimits).
+
+    Output columns (one row per piece; one row with one window per file that failed):
+    ``chunk_id`` str, ``chunk_rows`` int64 (windows of the whole chunk), ``row`` int64 (index of the piece's
+    first window in the chunk), ``owned`` int64 (the piece's own windows, the first ones; the one after is
+    the next piece's), ``file`` int32 (index in the chunk), ``path`` str, ``start_s``/``end_s`` bytes
+    (float64 (W,), s), ``duration_s`` float64 (s), ``truncated_at_s`` float64 (s; NaN unless
+    ``limits.max_windows`` cut the file), ``error`` str ("" when ok), ``signal`` bytes (float32 mono audio at
+    the features' rate from the piece's first window on, to its last window's end), ``cues`` bytes (the
+    file's :meth:`msc_core.segmentation.FrameCues.to_bytes` on its first piece, empty on the others).
     """
     from msc_core.engine import process_file
     from msc_core.isolation import shared_child
     from msc_core.labelling import warm_up
 
     child = shared_child(warm_up=warm_up) if isolate else None
-    empty = np.zeros((1, *config.encoded_shape), np.uint8)
     for chunk_id, paths in zip(batch["chunk_id"], batch["paths"]):
-        columns = {"file": [], "path": [], "start_s": [], "end_s": [], "duration_s": [], "truncated_at_s": [],
-                   "error": [], "codes": [], "cues": []}
+        rows: list[dict] = []
         for index, path in enumerate(paths):
-            result = process_file(path, config, limits=limits, child=child)
+            result = process_file(path, config, limits=limits, child=child, lazy=True)
             features = result.features
             if features is None:
-                rows, values = 1, (np.zeros(1), np.zeros(1), np.nan, np.nan, result.message, empty)
-            else:
-                rows = len(features.start_s)
-                values = (features.start_s, features.end_s, features.duration_s,
-                          np.nan if features.truncated_at_s is None else features.truncated_at_s, "", features.codes)
-            start_s, end_s, duration_s, truncated_at_s, message, codes = values
-            columns["file"].append(np.full(rows, index, np.int32))
-            columns["path"].append(np.full(rows, path, object))
-            columns["start_s"].append(start_s)
-            columns["end_s"].append(end_s)
-            columns["duration_s"].append(np.full(rows, duration_s))
-            columns["truncated_at_s"].append(np.full(rows, truncated_at_s))
-            columns["error"].append(np.full(rows, message, object))
-            columns["codes"].append(codes)
-            cues = np.full(rows, b"", object)
-            if features is not None and features.cues is not None:
-                cues[0] = features.cues.to_bytes()
-            columns["cues"].append(cues)
-        out = {name: np.concatenate(parts) for name, parts in columns.items()}
-        total = len(out["file"])
-        yield {"chunk_id": np.full(total, chunk_id, object), "chunk_rows": np.full(total, total, np.int64),
-               "row": np.arange(total, dtype=np.int64), **out}
+                rows.append({"owned": 1, "file": index, "path": path, "start_s": np.zeros(1), "end_s": np.zeros(1),
+                             "duration_s": np.nan, "truncated_at_s": np.nan, "error": result.message,
+                             "signal": np.zeros(0, np.float32), "cues": b""})
+                continue
+            starts = np.rint(features.start_s * config.sample_rate).astype(np.int64)
+            for first in range(0, len(starts), piece_windows):
+                last = min(first + piece_windows + 1, len(starts))
+                rows.append({"owned": min(piece_windows, len(starts) - first), "file": index, "path": path,
+                             "start_s": features.start_s[first:last],
+                             "end_s": features.end_s[first:last], "duration_s": features.duration_s,
+                             "truncated_at_s": np.nan if features.truncated_at_s is None else features.truncated_at_s,
+                             "error": "", "signal": features.signal[starts[first]:starts[last - 1] +
+                                                                    config.window_samples],
+                             "cues": features.cues.to_bytes() if first == 0 and features.cues is not None else b""})
+        owned = np.array([row["owned"] for row in rows])
+        out = {name: np.array([row[name] for row in rows], dtype=object if name in ("path", "error", "cues") else None)
+               for name in ("owned", "file", "path", "duration_s", "truncated_at_s", "error", "cues")}
+        for name in ("start_s", "end_s", "signal"):
+            out[name] = np.array([np.ascontiguousarray(row[name]).tobytes() for row in rows], dtype=object)
+        yield {"chunk_id": np.full(len(rows), chunk_id, object), "chunk_rows": np.full(len(rows), owned.sum()),
+               "row": np.cumsum(owned) - owned, **out}
 
 
 class LabelWindows:
-    """The model stage: loads the model once per actor (TensorFlow on ``threads`` threads) and predicts
-    every ok window of a batch.
+    """The model stage: loads the model once per actor (TensorFlow on ``threads`` threads), featurizes the
+    windows it reads from each piece's audio and predicts them.
 
-    Replaces ``codes`` with ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`;
-    NaN on error rows, and on the windows a coarse pass skipped: :func:`msc_core.labelling.coarse_to_fine`).
+    Turns each piece row of :func:`decode_chunk` into one row per window, ``signal`` replaced with
+    ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`; NaN on error rows, and
+    on the windows a coarse pass skipped, which are never featurized: :func:`msc_core.labelling.coarse_to_fine`).
     """
 
     def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int, coarse_s: float | None,
@@ -249,21 +267,38 @@ class LabelWindows:
 
     def __call__(self, batch: dict) -> dict:
         from msc_core.config import CLASSES
-        from msc_core.labelling import class_probs, coarse_to_fine
+        from msc_core.labelling import FileFeatures, class_probs, coarse_to_fine
 
+        start_s = [np.frombuffer(blob, np.float64) for blob in batch["start_s"]]
+        end_s = [np.frombuffer(blob, np.float64) for blob in batch["end_s"]]
+        windows, owned = np.array([len(starts) for starts in start_s]), batch["owned"]
         ok = np.flatnonzero(batch["error"] == "")
-        probs = np.full((len(batch["error"]), len(CLASSES)), np.nan)
-        if len(ok):
-            def predict(positions: np.ndarray) -> np.ndarray:
-                codes = np.asarray(batch["codes"][ok[positions]], np.uint8)
-                return class_probs(self.model.predict_codes(codes, batch_size=self.batch_size), self.model.labels,
-                                   view=self.view)
+        pieces = [FileFeatures(batch["path"][i], start_s[i], end_s[i], None, batch["duration_s"][i], 0, 0,
+                               signal=np.frombuffer(batch["signal"][i], np.float32)) for i in ok]
+        first = np.concatenate([[0], np.cumsum(windows[ok])])  # of each ok piece in their windows
 
-            chunk, file = batch["chunk_id"][ok], batch["file"][ok]
-            group = np.cumsum(np.concatenate([[0], (chunk[1:] != chunk[:-1]) | (file[1:] != file[:-1])]))
-            probs[ok] = coarse_to_fine(group, batch["start_s"][ok], predict, coarse_s=self.coarse_s)
-        out = {name: values for name, values in batch.items() if name != "codes"}
-        out.update({f"p_{name}": probs[:, column] for column, name in enumerate(CLASSES)})
+        def predict(positions: np.ndarray) -> np.ndarray:
+            piece_of = np.searchsorted(first, positions, side="right") - 1
+            codes = np.concatenate([pieces[piece].window_codes(positions[piece_of == piece] - first[piece],
+                                                               config=self.model.config)
+                                    for piece in np.unique(piece_of)])
+            return class_probs(self.model.predict_codes(codes, batch_size=self.batch_size), self.model.labels,
+                               view=self.view)
+
+        probs = np.full((windows.sum(), len(CLASSES)), np.nan)
+        offsets = np.cumsum(windows) - windows  # of each piece in the batch's windows
+        if len(pieces):
+            at = np.concatenate([np.arange(offsets[i], offsets[i] + windows[i]) for i in ok])
+            probs[at] = coarse_to_fine(np.repeat(np.arange(len(pieces)), windows[ok]), np.concatenate(start_s)[at],
+                                       predict, coarse_s=self.coarse_s)
+        kept = np.concatenate([np.arange(offset, offset + count) for offset, count in zip(offsets, owned)])
+        out = {name: np.repeat(values, owned) for name, values in batch.items()
+               if name not in ("row", "owned", "start_s", "end_s", "signal", "cues")}
+        out["row"] = np.concatenate([row + np.arange(count) for row, count in zip(batch["row"], owned)])
+        out["start_s"], out["end_s"] = np.concatenate(start_s)[kept], np.concatenate(end_s)[kept]
+        out["cues"] = np.full(len(kept), b"", object)
+        out["cues"][np.cumsum(owned) - owned] = batch["cues"]
+        out.update({f"p_{name}": probs[kept, column] for column, name in enumerate(CLASSES)})
         return out
 
 
@@ -432,8 +467,9 @@ def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None,
     items = [{"chunk_id": chunk.id, "paths": [entry.path for entry in chunk.entries]} for chunk in pending]
     dataset = (
         ray.data.from_items(items, override_num_blocks=len(items))
-        .map_batches(featurize_chunk, batch_size=1, num_cpus=plan.task_cpus,
-                     fn_kwargs={"config": config, "limits": limits, "isolate": isolate})
+        .map_batches(decode_chunk, batch_size=1, num_cpus=plan.task_cpus,
+                     fn_kwargs={"config": config, "limits": limits, "isolate": isolate,
+                                "piece_windows": piece_size(config, coarse_s)})
         .map_batches(LabelWindows, batch_size=None,
                      compute=ray.data.ActorPoolStrategy(min_size=1, initial_size=plan.actors, max_size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,

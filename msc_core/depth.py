@@ -108,6 +108,49 @@ def featurize_hopped(windows: np.ndarray, *, hop_samples: int, config: FeatureCo
     return encode(_normalized_from_power(power, config))
 
 
+def featurize_at(signal: np.ndarray, starts: np.ndarray, *, config: FeatureConfig,
+                 batch_windows: int = 16) -> np.ndarray:
+    """:func:`featurize` of the windows of ``signal`` that start at ``starts``, the others never computed.
+
+    Window ``i`` holds ``signal[starts[i]:starts[i] + config.window_samples]``,
+    zero-padded after the signal's end, as
+    :meth:`msc_core.audio.AudioStream.windows` cuts it. Runs of windows equally
+    spaced share one STFT (:func:`featurize_hopped`), in batches of at most
+    ``batch_windows``; the codes are bit-equal to featurizing each window alone.
+
+    Parameters
+    ----------
+    signal : np.ndarray, float, shape (N,)
+        Mono samples at ``config.sample_rate``.
+    starts : np.ndarray, int, shape (K,)
+        Window starts (samples into ``signal``), increasing.
+    config : FeatureConfig
+    batch_windows : int
+        Most windows featurized together (memory: 0.44 MB of samples per window at the paper's settings).
+
+    Returns
+    -------
+    np.ndarray, uint8, shape (K, n_mels, frames)
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    starts = np.asarray(starts, dtype=np.int64)
+    size = config.window_samples
+    codes = np.empty((len(starts), config.n_mels, config.frames), np.uint8)
+    first = 0
+    while first < len(starts):
+        last = first + 1                                 # one run: [first, last), equally spaced
+        step = int(starts[last] - starts[first]) if last < len(starts) else 0
+        while last < len(starts) and last - first < batch_windows and starts[last] - starts[last - 1] == step:
+            last += 1
+        windows = np.zeros((last - first, size), np.float32)
+        for row, start in enumerate(starts[first:last]):
+            audio = signal[start:start + size]
+            windows[row, :len(audio)] = audio
+        codes[first:last] = featurize_hopped(windows, hop_samples=step, config=config)
+        first = last
+    return codes
+
+
 def _power(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """Centred, zero-padded STFT power of the last axis: shape (..., 1 + n_fft // 2, frames)."""
     spectrum = librosa.stft(samples, n_fft=config.n_fft, hop_length=config.hop_length)

@@ -487,7 +487,7 @@ class FileResult:
     message: str | None = None
 
 
-def process_file(path: str, config, *, limits, child=None) -> FileResult:
+def process_file(path: str, config, *, limits, child=None, lazy: bool = False) -> FileResult:
     """The one per-file step of every job: decode -> windows -> codes, or an error with its stage.
 
     Any exception is caught (one bad file never stops a chunk), except a full
@@ -500,13 +500,14 @@ def process_file(path: str, config, *, limits, child=None) -> FileResult:
     config : FeatureConfig
     limits : DecodeLimits
     child : ChildProcess or None
-        As in :func:`msc_core.labelling.featurize_file`.
+    lazy : bool
+        As in :func:`msc_core.labelling.featurize_file` (``lazy``: the audio, not yet the codes).
     """
     from .errors import AudioDecodeError
     from .labelling import featurize_file
 
     try:
-        return FileResult(path, featurize_file(path, config, limits=limits, child=child))
+        return FileResult(path, featurize_file(path, config, limits=limits, child=child, lazy=lazy))
     except Exception as error:  # noqa: BLE001 - recorded as the file's outcome
         if is_disk_full(error):
             raise

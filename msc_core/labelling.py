@@ -84,7 +84,7 @@ import pyarrow as pa
 
 from .audio import AudioStream, DecodeLimits
 from .config import CLASSES, PAPER, FeatureConfig
-from .depth import featurize, featurize_hopped
+from .depth import featurize, featurize_at, featurize_hopped
 from .errors import AudioDecodeError, ChildProcessFailed, ModelLoadError
 from .segmentation import SEGMENT_LABELS, CueTracker, FrameCues, segment_timeline
 
@@ -170,8 +170,9 @@ class FileFeatures:
         Window starts (s).
     end_s : np.ndarray, float64, shape (W,)
         Where each window's real audio ends (s); the rest of the window is padding.
-    codes : np.ndarray, uint8, shape (W, n_mels, frames)
-        Compact depth-layer codes (:func:`msc_core.depth.featurize`).
+    codes : np.ndarray, uint8, shape (W, n_mels, frames), or None
+        Compact depth-layer codes (:func:`msc_core.depth.featurize`); None when
+        featurized lazily (``signal`` holds the audio: :meth:`window_codes`).
     duration_s : float
         Length of the file (s): decoded, or as declared when decoding stopped
         early (``window="first"``, or a file cut by ``max_windows``).
@@ -183,6 +184,9 @@ class FileFeatures:
     cues : FrameCues or None
         Level and band energies every 10 ms of all the audio read, a tail too
         short for a window included (None for windows read back from a table).
+    signal : np.ndarray, float32, shape (N,), or None
+        With lazy featurizing, the mono audio at the features' rate from the
+        first window's start on (all that was read); None otherwise.
     """
 
     path: str
@@ -194,13 +198,38 @@ class FileFeatures:
     channels: int
     truncated_at_s: float | None = None
     cues: FrameCues | None = field(default=None, repr=False)
+    signal: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def join(cls, parts: Sequence["FileFeatures"]) -> "FileFeatures":
         """One file's features from the parts :func:`iter_features` yields (all but the windows from the last)."""
-        return dataclasses.replace(parts[-1], start_s=np.concatenate([part.start_s for part in parts]),
-                                   end_s=np.concatenate([part.end_s for part in parts]),
-                                   codes=np.concatenate([part.codes for part in parts]))
+        lazy = parts[-1].codes is None
+        return dataclasses.replace(
+            parts[-1], start_s=np.concatenate([part.start_s for part in parts]),
+            end_s=np.concatenate([part.end_s for part in parts]),
+            codes=None if lazy else np.concatenate([part.codes for part in parts]),
+            signal=np.concatenate([part.signal for part in parts]) if lazy else None)
+
+    def window_codes(self, positions: np.ndarray, *, config: FeatureConfig) -> np.ndarray:
+        """The codes of the windows at ``positions``, featurized now from ``signal`` when featurized lazily.
+
+        Parameters
+        ----------
+        positions : np.ndarray, int, shape (K,)
+            Indices into the windows, increasing.
+        config : FeatureConfig
+            The features (:func:`msc_core.depth.featurize_at`; any window policy).
+
+        Returns
+        -------
+        np.ndarray, uint8, shape (K, n_mels, frames)
+            Bit-equal to the codes :func:`featurize_file` computes for every window.
+        """
+        if self.codes is not None:
+            return self.codes[positions]
+        origin = self.start_s[0] if len(self.start_s) else 0.0
+        offsets = np.rint((self.start_s[positions] - origin) * config.sample_rate).astype(np.int64)
+        return featurize_at(self.signal, offsets, config=config)
 
 
 @dataclass(frozen=True)
@@ -551,30 +580,45 @@ def labelling_windows(window: Literal["first", "all"] = "all", hop_s: float | No
 
 
 def iter_features(source: str | os.PathLike | io.BufferedIOBase, config: FeatureConfig = PAPER, *,
-                  name: str | None = None, batch_windows: int = 16,
-                  limits: DecodeLimits = DecodeLimits()) -> Iterator[FileFeatures]:
+                  name: str | None = None, batch_windows: int = 16, limits: DecodeLimits = DecodeLimits(),
+                  lazy: bool = False) -> Iterator[FileFeatures]:
     """One file's features in parts: one per batch of windows, then one with no windows and the final fields.
 
     :meth:`FileFeatures.join` of the parts is :func:`featurize_file`'s result;
-    the parts let a child process stream a file's codes back batch by batch.
+    the parts let a child process stream a file's codes (or audio) back batch by batch.
     Parameters as in :func:`featurize_file`.
     """
     hop = config.hop_samples if config.window.mode == "all" else config.window_samples
     tracker = CueTracker(sample_rate=config.sample_rate)
+    blocks: list[np.ndarray] = []  # the audio read since the last part, when lazy
+
+    def on_audio(block: np.ndarray) -> None:
+        tracker.push(block)
+        if lazy:
+            blocks.append(block)
+
+    def audio() -> np.ndarray | None:
+        if not lazy:
+            return None
+        signal = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        blocks.clear()
+        return signal
+
     with AudioStream.open(source, name=name, limits=limits) as stream:
         rate, channels, last_end = stream.info.sample_rate, stream.info.channels, 0.0
-        for batch in stream.windows(config, batch_windows=batch_windows, on_audio=tracker.push):
+        for batch in stream.windows(config, batch_windows=batch_windows, on_audio=on_audio):
             end_s = batch.start_s + batch.audio_s
             last_end = float(end_s[-1])
-            yield FileFeatures(stream.path, batch.start_s, end_s,
-                               featurize_hopped(batch.samples, hop_samples=hop, config=config), stream.decoded_s,
-                               rate, channels)
+            codes = None if lazy else featurize_hopped(batch.samples, hop_samples=hop, config=config)
+            yield FileFeatures(stream.path, batch.start_s, end_s, codes, stream.decoded_s, rate, channels,
+                               signal=audio())
         duration = stream.decoded_s
         if (config.window.mode == "first" or stream.truncated) and stream.info.duration_s:
             duration = max(duration, stream.info.duration_s)
-        yield FileFeatures(stream.path, np.zeros(0), np.zeros(0), np.zeros((0, *config.encoded_shape), np.uint8),
+        yield FileFeatures(stream.path, np.zeros(0), np.zeros(0),
+                           None if lazy else np.zeros((0, *config.encoded_shape), np.uint8),
                            duration, rate, channels, truncated_at_s=last_end if stream.truncated else None,
-                           cues=tracker.finish())
+                           cues=tracker.finish(), signal=audio())
 
 
 def warm_up() -> None:
@@ -591,11 +635,12 @@ def warm_up() -> None:
 
 def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: FeatureConfig = PAPER, *,
                    name: str | None = None, batch_windows: int = 16, limits: DecodeLimits = DecodeLimits(),
-                   child: "ChildProcess | None" = None) -> FileFeatures:
-    """Decode one file, cut it into windows under ``config.window`` and featurize them.
+                   child: "ChildProcess | None" = None, lazy: bool = False) -> FileFeatures:
+    """Decode one file, cut it into windows under ``config.window`` and featurize them (or keep its audio).
 
-    Memory holds the file's codes (27,520 bytes per window) plus one decode
-    block; with ``child``, the child holds the block and one batch of codes.
+    Memory holds the file's codes (27,520 bytes per window), or with ``lazy``
+    its audio (88,200 bytes per second), plus one decode block; with ``child``,
+    the child holds the block and one batch of codes.
 
     Parameters
     ----------
@@ -612,6 +657,9 @@ def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: Featur
     child : ChildProcess or None
         Run the work in this supervised child (``source`` must then pickle:
         a path or URI), killed when the file overruns ``limits.max_decode_s``.
+    lazy : bool
+        Keep the audio (``FileFeatures.signal``) instead of featurizing every window: the
+        windows a model reads are featurized when read (:meth:`FileFeatures.window_codes`).
 
     Raises
     ------
@@ -619,7 +667,7 @@ def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: Featur
         The file cannot be decoded, or with ``child``: it overran (``decoding
         took longer than N s; killed``) or the child died.
     """
-    options = {"name": name, "batch_windows": batch_windows, "limits": limits}
+    options = {"name": name, "batch_windows": batch_windows, "limits": limits, "lazy": lazy}
     if child is None:
         parts = iter_features(source, config, **options)
     else:
@@ -707,11 +755,12 @@ def label_features(features: FileFeatures, model: "MscModel", *, batch_size: int
     """Run ``model`` on a file's featurized windows and :func:`aggregate` them.
 
     ``view`` as in :func:`class_probs`. With ``coarse_s`` (:func:`labelling_windows`)
-    the model runs on the windows :func:`coarse_to_fine` picks, and only those are reported.
+    the model runs on the windows :func:`coarse_to_fine` picks, and only those are reported
+    (and, for ``features`` featurized lazily, featurized).
     """
     def predict(positions: np.ndarray) -> np.ndarray:
-        return class_probs(model.predict_codes(features.codes[positions], batch_size=batch_size), model.labels,
-                           view=view)
+        codes = features.window_codes(positions, config=model.config)
+        return class_probs(model.predict_codes(codes, batch_size=batch_size), model.labels, view=view)
 
     probs = coarse_to_fine(np.zeros(len(features.start_s)), features.start_s, predict, coarse_s=coarse_s)
     run = ~np.isnan(probs[:, 0])
@@ -753,7 +802,7 @@ def label_file(source: str | os.PathLike, model: "MscModel", *, window: Literal[
     """
     config, coarse_s = labelling_windows(window, hop_s, coarse_s)
     try:
-        features = featurize_file(source, config, limits=limits, child=child)
+        features = featurize_file(source, config, limits=limits, child=child, lazy=True)
     except AudioDecodeError as error:
         return FileLabel.failed(str(source), str(error), model_id=model.model_id, feature_hash=model.config.hash)
     return label_features(features, model, batch_size=batch_size, view=view, coarse_s=coarse_s)
@@ -782,7 +831,7 @@ def label_array(samples: np.ndarray, sample_rate: int, model: "MscModel", *,
     buffer.seek(0)
     config, coarse_s = labelling_windows(window, hop_s, coarse_s)
     try:
-        features = featurize_file(buffer, config, name=name)
+        features = featurize_file(buffer, config, name=name, lazy=True)
     except AudioDecodeError as error:
         return FileLabel.failed(name, str(error), model_id=model.model_id, feature_hash=model.config.hash)
     return label_features(features, model, batch_size=batch_size, view=view, coarse_s=coarse_s)

@@ -151,3 +151,20 @@ def test_hops_off_the_frame_grid_fall_back_to_one_stft_per_window():
     rows = np.random.default_rng(2).standard_normal((3, PAPER.window_samples)).astype(np.float32)
     np.testing.assert_array_equal(depth.featurize_hopped(rows, hop_samples=22050, config=PAPER),
                                   depth.featurize(rows, PAPER))
+
+
+def test_windows_featurized_where_read_give_the_exact_codes(golden):
+    """featurize_at of any windows of a signal is featurize of those windows, bit for bit: every window,
+    every fifth (one STFT for windows 4.99 s apart), scattered ones and runs, the padded tail included."""
+    config = PAPER.with_window(hop_seconds=43 * PAPER.hop_length / PAPER.sample_rate, min_last_seconds=0)
+    for name, case in golden.items():
+        signal = audio.load_audio(case["path"], sample_rate=config.sample_rate)
+        starts = np.arange(0, len(signal), config.hop_samples)
+        rows = np.zeros((len(starts), config.window_samples), np.float32)
+        for row, start in zip(rows, starts):
+            row[:len(signal[start:start + config.window_samples])] = signal[start:start + config.window_samples]
+        every = depth.featurize(rows, config)
+        picks = [np.arange(len(starts)), np.arange(0, len(starts), 5), np.unique(np.minimum([0, 2, 3, 4, len(starts) - 1], len(starts) - 1))]
+        for pick in picks:
+            np.testing.assert_array_equal(depth.featurize_at(signal, starts[pick], config=config, batch_windows=3),
+                                          every[pick], err_msg=name)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from msc_core import synth
+from msc_core.audio import DecodeLimits
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
 from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, class_probs, coarse_to_fine,
@@ -107,6 +108,25 @@ def test_featurize_file_windows_and_duration(tmp_path):
     first = featurize_file(path, window_config("first"))
     assert len(first.codes) == 1 and first.duration_s == pytest.approx(12.0)
     np.testing.assert_array_equal(first.codes[0], features.codes[0])
+
+
+@pytest.mark.parametrize("window, hop_s, max_windows", [("all", 1.0, 50_000), ("all", 5.0, 50_000),
+                                                         ("first", None, 50_000), ("all", 1.0, 7)])
+def test_lazy_features_keep_the_audio_and_featurize_any_window_exactly(tmp_path, window, hop_s, max_windows):
+    """featurize_file(lazy=True) gives the same windows, and window_codes the same codes as featurizing
+    every window, at a 1-s hop (one STFT), back to back, the first window only and cut by max_windows."""
+    path = write_audio(tmp_path / "a.ogg", "music", 13.3, sample_rate=44100)
+    config, limits = window_config(window, hop_s), DecodeLimits(max_windows=max_windows)
+    eager = featurize_file(path, config, limits=limits, batch_windows=4)
+    lazy = featurize_file(path, config, limits=limits, batch_windows=4, lazy=True)
+    assert lazy.codes is None and lazy.signal.dtype == np.float32 and eager.signal is None
+    for name in ("start_s", "end_s"):
+        np.testing.assert_array_equal(getattr(lazy, name), getattr(eager, name))
+    assert (lazy.duration_s, lazy.truncated_at_s) == (eager.duration_s, eager.truncated_at_s)
+    every = np.arange(len(eager.start_s))
+    for pick in (every, every[::5], every[1::3]):
+        np.testing.assert_array_equal(lazy.window_codes(pick, config=config), eager.codes[pick])
+        np.testing.assert_array_equal(eager.window_codes(pick, config=config), eager.codes[pick])
 
 
 def test_label_file_and_array_agree(tmp_path, tiny_model):
