@@ -251,7 +251,8 @@ def main() -> None:
     stage_cpu = {name: sum(group[name] for group in profile.values()) for name in STAGES}
     featurized, model_windows = (sum(group[name] for group in profile.values()) for name in ("windows", "run"))
     print(f"{len(paths)} files, {audio_s / 60:.1f} min of audio, --hop {options.hop} --coarse {options.coarse}: "
-          f"{featurized:.0f} windows, {model_windows:.0f} of them featurized and run by the model (--precision {options.precision}: "
+          f"{featurized:.0f} windows, {model_windows:.0f} of them featurized and run by the model "
+          f"(--precision {options.precision}: "
           f"{resolve_precision(options.precision)} here); {os.cpu_count()} CPUs, "
           f"load average {load:.1f} at the start\n")
     print("| stage (one thread, in process) | " + " | ".join(f"{group} files: CPU s (share)" for group in profile)

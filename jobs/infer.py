@@ -14,12 +14,15 @@ Pipeline (no audio, codes or probabilities pass through the driver; it holds onl
 Why files travel in chunks and aggregation happens in a stateful writer: a
 file's label needs all its windows, but Ray Data may split or merge blocks
 between stages, so "one block = one file" cannot be relied on. Instead every
-window row carries its chunk's id and row count; :class:`WriteChunks` holds the
+window row carries its chunk's id and its index in the chunk, and the rows of
+the chunk's last piece carry the chunk's row count; :class:`WriteChunks` holds the
 probability rows of chunks not yet complete (about 60 bytes per window, no
 codes, plus each file's frame cues for silence and boundaries: 3.6 KB per second of
 audio) and writes a chunk as soon as all its rows have arrived. This avoids a
 ``groupby`` shuffle, which would hold back every row of the archive until the
-last one is predicted; memory stays bounded by the chunks in flight.
+last one is predicted; memory stays bounded by the pieces and chunks in flight
+(a decode task holds one piece of audio, :data:`PIECE_S` seconds of windows,
+whatever the file's length).
 
 Output files under ``DIR``:
 
@@ -61,6 +64,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from jobs.console import NORMAL, level, progress, summary
 from jobs.options import (add_limit_arguments, add_precision_argument, add_view_argument, add_window_arguments,
@@ -72,10 +76,29 @@ log = logging.getLogger("msc.infer")
 PART_KINDS = ("windows", "segments", "predictions")  # written in this order; predictions marks a chunk done
 WRITER_CPUS = 0.1
 MAX_ACTOR_THREADS = 8  # CPUs (and TensorFlow threads) of one model actor at most; larger nodes run several
-FEATURIZE_SHARE = 0.1  # of each node's CPUs kept for featurize tasks (0.35 measured the same on 2 CPUs)
+DECODE_SHARE = 0.1  # of each node's CPUs kept for decode tasks (0.35 measured the same on 2 CPUs)
 PIPELINE_ATTEMPTS = 3  # runs of the pipeline over chunks still without output (lost to dead workers or nodes)
 COMMIT_EVERY_CHUNKS = 4  # chunks per commit of the file records (or every 10 s): what a killed run can lose
 PIECE_S = 300.0  # seconds of windows in one row between decoding and the model (26 MB of audio)
+
+PIECE_SCHEMA = pa.schema([
+    ("chunk_id", pa.string()), ("chunk_rows", pa.int64()), ("row", pa.int64()), ("owned", pa.int64()),
+    ("file", pa.int64()), ("path", pa.string()), ("error", pa.string()), ("duration_s", pa.float64()),
+    ("truncated_at_s", pa.float64()), ("cues", pa.binary()), ("start_s", pa.large_list(pa.float64())),
+    ("end_s", pa.large_list(pa.float64())), ("signal", pa.large_list(pa.float32())),
+    ("codes", pa.large_list(pa.uint8())),
+])
+"""The rows between decoding and the model (:func:`decode_chunk`), one per piece of a file:
+
+``chunk_rows`` the chunk's windows on its last row, -1 on the others; ``row`` the index in the chunk of
+the piece's first window; ``owned`` the piece's own windows, the first ones (the one after is the next
+piece's); ``file`` the index in the chunk; ``error`` "" when ok; ``duration_s`` (s) NaN but on a file's
+last piece; ``truncated_at_s`` (s) NaN unless ``DecodeLimits.max_windows`` cut the file; ``cues`` the
+file's :meth:`msc_core.segmentation.FrameCues.to_bytes` on its last piece, empty on the others;
+``start_s``/``end_s`` (s) its windows; ``signal`` float32 mono audio at the features' rate from the
+piece's first window to its last window's end (empty when featurized in the decode task); ``codes`` uint8
+(W, n_mels, frames) flattened, when featurized there (else empty).
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -118,7 +141,7 @@ class Plan:
     threads : int
         TensorFlow threads of each model actor: its CPUs, rounded (at least 1).
     task_cpus : float
-        Logical CPUs of each featurize task.
+        Logical CPUs of each decode task.
     """
 
     actors: int
@@ -131,14 +154,15 @@ class Plan:
 def plan_resources(*, node_cpus: Sequence[float], gpus: float, gpus_per_actor: float) -> Plan:
     """Size the model pool from a cluster's nodes.
 
-    The model is most of the work (about 60 % of the CPU, decoding and
-    features about 35 %: ``benchmarks/bench_profile.py``). Each node keeps
-    :data:`FEATURIZE_SHARE` of its CPUs (at least one featurize task's) for
-    the featurize tasks, and :data:`WRITER_CPUS` for the writer, and gives the
+    The model actors do most of the work (the model, and the features of the
+    windows it reads; decoding is about 15 % of the CPU:
+    ``benchmarks/bench_profile.py``). Each node keeps
+    :data:`DECODE_SHARE` of its CPUs (at least one decode task's) for
+    the decode tasks, and :data:`WRITER_CPUS` for the writer, and gives the
     rest to model actors of at most :data:`MAX_ACTOR_THREADS` CPUs, each
     running TensorFlow on as many threads as it reserves (rounded), so that
     actors do not oversubscribe a node and the pool grows with the cluster. A
-    pool that reserved every CPU would starve the featurize tasks and the
+    pool that reserved every CPU would starve the decode tasks and the
     writer and hang without an error; one actor, one task and the writer fit
     together on the largest node, so the pipeline makes progress while any
     node is left.
@@ -160,13 +184,13 @@ def plan_resources(*, node_cpus: Sequence[float], gpus: float, gpus_per_actor: f
     from msc_core.errors import InputError
 
     largest = max(node_cpus)
-    if gpus_per_actor > 0:  # featurizing is the work: a CPU per task (half the node under 2 CPUs)
+    if gpus_per_actor > 0:  # decoding and featurizing are the work: a CPU per task (half the node under 2 CPUs)
         task_cpus = 1.0 if largest >= 2 else 0.5 * largest
-    else:  # the model is: a task needs a quarter of a CPU
+    else:  # the model and features are: a task needs a quarter of a CPU
         task_cpus = 0.25 * min(1.0, largest)
 
     def spare(cpus: float) -> float:
-        return cpus - max(task_cpus, FEATURIZE_SHARE * cpus) - WRITER_CPUS
+        return cpus - max(task_cpus, DECODE_SHARE * cpus) - WRITER_CPUS
 
     if spare(largest) <= 0:
         raise InputError(f"the largest node offers {largest:g} CPUs; msc infer needs more than "
@@ -192,89 +216,108 @@ def piece_size(config, coarse_s: float | None) -> int:
     return step * max(1, round(PIECE_S / hop_s / step))
 
 
-def decode_chunk(batch: dict, *, config, limits, isolate: bool, piece_windows: int) -> Iterator[dict]:
-    """Decode every file of each chunk in ``batch``; one output batch per chunk, one row per piece of a file.
+def decode_chunk(batch: dict, *, config, limits, isolate: bool, piece_windows: int,
+                 featurize: bool = False) -> Iterator[pa.Table]:
+    """Decode every file of each chunk in ``batch``: one output row per piece of a file, as it is decoded.
 
-    The windows are not featurized here: the model stage featurizes the ones it
-    reads from the audio each row carries (``lazy`` in
-    :func:`msc_core.labelling.featurize_file`). A file is cut into pieces of
-    ``piece_windows`` windows (:func:`piece_size`) so that a row stays small; Ray
-    Data never splits a row between blocks. Each piece also holds the next
-    piece's first window, so that a coarse pass over the piece decides as it
-    does over the whole file. With ``isolate``, files are decoded in this
-    worker's supervised child process, killed when one overruns
-    ``limits.max_decode_s`` (DecodeLimits).
+    The windows are not featurized here: the model's stage featurizes the ones
+    it reads from the audio each row carries (:func:`msc_core.engine.process_file_pieces`).
+    A file comes in pieces of ``piece_windows`` windows (:func:`piece_size`), each
+    also holding the next piece's first window, so that a task holds one piece of
+    audio whatever the file's length and a row stays small (Ray Data never splits
+    a row). With ``isolate``, files are decoded in this worker's supervised child
+    process, killed when one overruns ``limits.max_decode_s`` (DecodeLimits).
+    With ``featurize`` (model actors on GPUs, each with one CPU), every window
+    is featurized here instead, on the tasks' many CPUs, and its codes sent.
 
-    Output columns (one row per piece; one row with one window per file that failed):
-    ``chunk_id`` str, ``chunk_rows`` int64 (windows of the whole chunk), ``row`` int64 (index of the piece's
-    first window in the chunk), ``owned`` int64 (the piece's own windows, the first ones; the one after is
-    the next piece's), ``file`` int32 (index in the chunk), ``path`` str, ``start_s``/``end_s`` bytes
-    (float64 (W,), s), ``duration_s`` float64 (s), ``truncated_at_s`` float64 (s; NaN unless
-    ``limits.max_windows`` cut the file), ``error`` str ("" when ok), ``signal`` bytes (float32 mono audio at
-    the features' rate from the piece's first window on, to its last window's end), ``cues`` bytes (the
-    file's :meth:`msc_core.segmentation.FrameCues.to_bytes` on its first piece, empty on the others).
+    Yields one Arrow table of one row per piece, :data:`PIECE_SCHEMA`; a file that fails gets a row with
+    one window and its error, after any pieces that came before the error. Arrays travel as Arrow lists
+    that share the NumPy arrays' memory.
     """
-    from msc_core.engine import process_file
+    from msc_core.engine import process_file_pieces
     from msc_core.isolation import shared_child
     from msc_core.labelling import warm_up
 
     child = shared_child(warm_up=warm_up) if isolate else None
     for chunk_id, paths in zip(batch["chunk_id"], batch["paths"]):
-        rows: list[dict] = []
+        held, rows = None, 0  # each row goes out once the next is made: the last one carries the count
         for index, path in enumerate(paths):
-            result = process_file(path, config, limits=limits, child=child, lazy=True)
-            features = result.features
-            if features is None:
-                rows.append({"owned": 1, "file": index, "path": path, "start_s": np.zeros(1), "end_s": np.zeros(1),
-                             "duration_s": np.nan, "truncated_at_s": np.nan, "error": result.message,
-                             "signal": np.zeros(0, np.float32), "cues": b""})
-                continue
-            starts = np.rint(features.start_s * config.sample_rate).astype(np.int64)
-            for first in range(0, len(starts), piece_windows):
-                last = min(first + piece_windows + 1, len(starts))
-                rows.append({"owned": min(piece_windows, len(starts) - first), "file": index, "path": path,
-                             "start_s": features.start_s[first:last],
-                             "end_s": features.end_s[first:last], "duration_s": features.duration_s,
-                             "truncated_at_s": np.nan if features.truncated_at_s is None else features.truncated_at_s,
-                             "error": "", "signal": features.signal[starts[first]:starts[last - 1] +
-                                                                    config.window_samples],
-                             "cues": features.cues.to_bytes() if first == 0 and features.cues is not None else b""})
-        owned = np.array([row["owned"] for row in rows])
-        out = {name: np.array([row[name] for row in rows], dtype=object if name in ("path", "error", "cues") else None)
-               for name in ("owned", "file", "path", "duration_s", "truncated_at_s", "error", "cues")}
-        for name in ("start_s", "end_s", "signal"):
-            out[name] = np.array([np.ascontiguousarray(row[name]).tobytes() for row in rows], dtype=object)
-        yield {"chunk_id": np.full(len(rows), chunk_id, object), "chunk_rows": np.full(len(rows), owned.sum()),
-               "row": np.cumsum(owned) - owned, **out}
+            for result in process_file_pieces(path, config, windows=piece_windows, limits=limits, child=child):
+                piece = result.features
+                row = {"chunk_id": chunk_id, "chunk_rows": -1, "row": rows, "file": index, "path": path,
+                       "error": "", "truncated_at_s": np.nan, "cues": b"", "signal": np.zeros(0, np.float32),
+                       "codes": np.zeros(0, np.uint8)}
+                if piece is None:
+                    row.update(owned=1, start_s=np.zeros(1), end_s=np.zeros(1), duration_s=np.nan,
+                               error=result.message)
+                else:
+                    last = piece.cues is not None
+                    row.update(owned=len(piece.start_s) - (not last), start_s=piece.start_s, end_s=piece.end_s,
+                               duration_s=piece.duration_s, cues=piece.cues.to_bytes() if last else b"")
+                    if featurize:
+                        row["codes"] = piece.window_codes(np.arange(len(piece.start_s)), config=config)
+                    else:
+                        row["signal"] = piece.signal
+                    if piece.truncated_at_s is not None:
+                        row["truncated_at_s"] = piece.truncated_at_s
+                if held is not None:
+                    yield _piece_table(held)
+                held, rows = row, rows + row["owned"]
+        held["chunk_rows"] = rows
+        yield _piece_table(held)
+
+
+def _piece_table(row: dict) -> pa.Table:
+    """One row of :func:`decode_chunk` as an Arrow table; its arrays become one-row lists without a copy."""
+    def column(name: str, value):
+        if isinstance(value, np.ndarray):
+            flat = np.ascontiguousarray(value, PIECE_SCHEMA.field(name).type.value_type.to_pandas_dtype()).ravel()
+            return pa.LargeListArray.from_arrays(pa.array([0, len(flat)], pa.int64()), pa.array(flat))
+        return [value]
+
+    return pa.table({name: column(name, row[name]) for name in PIECE_SCHEMA.names}, schema=PIECE_SCHEMA)
+
+
+def _arrays(column) -> list[np.ndarray]:
+    """The rows of an Arrow list column as NumPy arrays that share its memory."""
+    rows = []
+    for chunk in column.chunks:
+        offsets, values = chunk.offsets.to_numpy(), chunk.values.to_numpy()
+        rows += [values[offsets[at]:offsets[at + 1]] for at in range(len(chunk))]
+    return rows
 
 
 class LabelWindows:
     """The model stage: loads the model once per actor (TensorFlow on ``threads`` threads), featurizes the
     windows it reads from each piece's audio and predicts them.
 
-    Turns each piece row of :func:`decode_chunk` into one row per window, ``signal`` replaced with
-    ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`; NaN on error rows, and
+    Turns each piece row of :func:`decode_chunk` into one row per window, ``signal`` and ``codes`` replaced
+    with ``p_<class>`` for each content class (:func:`msc_core.labelling.class_probs`; NaN on error rows, and
     on the windows a coarse pass skipped, which are never featurized: :func:`msc_core.labelling.coarse_to_fine`).
+    Pieces that come with their codes (``featurize`` in :func:`decode_chunk`) are not featurized again.
     """
 
-    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int, coarse_s: float | None,
+    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int | None, coarse_s: float | None,
                  precision: str):
         from msc_core.labelling import load_model
 
         self.model = load_model(model_dir, threads=threads, precision=precision)  # "auto": this node's CPU decides
-        log.info("model actor: %d threads, %s", threads, self.model.precision)
+        log.info("model actor: %s threads, %s", threads, self.model.precision)
         self.batch_size, self.view, self.coarse_s = batch_size, view, coarse_s
 
     def __call__(self, batch: dict) -> dict:
         from msc_core.config import CLASSES
         from msc_core.labelling import FileFeatures, class_probs, coarse_to_fine
 
-        start_s = [np.frombuffer(blob, np.float64) for blob in batch["start_s"]]
-        end_s = [np.frombuffer(blob, np.float64) for blob in batch["end_s"]]
+        start_s, end_s, signal, codes = (_arrays(batch[name]) for name in ("start_s", "end_s", "signal", "codes"))
+        batch = {name: batch[name].to_numpy(zero_copy_only=False) for name in PIECE_SCHEMA.names
+                 if name not in ("start_s", "end_s", "signal", "codes")}
         windows, owned = np.array([len(starts) for starts in start_s]), batch["owned"]
         ok = np.flatnonzero(batch["error"] == "")
-        pieces = [FileFeatures(batch["path"][i], start_s[i], end_s[i], None, batch["duration_s"][i], 0, 0,
-                               signal=np.frombuffer(batch["signal"][i], np.float32)) for i in ok]
+        shape = (-1, *self.model.config.encoded_shape)
+        pieces = [FileFeatures(batch["path"][i], start_s[i], end_s[i],
+                               codes[i].reshape(shape) if len(codes[i]) else None, batch["duration_s"][i], 0, 0,
+                               signal=signal[i]) for i in ok]
         first = np.concatenate([[0], np.cumsum(windows[ok])])  # of each ok piece in their windows
 
         def predict(positions: np.ndarray) -> np.ndarray:
@@ -293,7 +336,7 @@ class LabelWindows:
                                        predict, coarse_s=self.coarse_s)
         kept = np.concatenate([np.arange(offset, offset + count) for offset, count in zip(offsets, owned)])
         out = {name: np.repeat(values, owned) for name, values in batch.items()
-               if name not in ("row", "owned", "start_s", "end_s", "signal", "cues")}
+               if name not in ("row", "owned", "cues")}
         out["row"] = np.concatenate([row + np.arange(count) for row, count in zip(batch["row"], owned)])
         out["start_s"], out["end_s"] = np.concatenate(start_s)[kept], np.concatenate(end_s)[kept]
         out["cues"] = np.full(len(kept), b"", object)
@@ -323,7 +366,6 @@ class WriteChunks:
         self.lock = threading.Lock()  # Ray Data may call an actor from more than one thread
 
     def __call__(self, batch):
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         written = {"chunk_id": [], "files": [], "errors": [], "parts": []}
@@ -334,7 +376,8 @@ class WriteChunks:
                 have.append(rows)
                 complete = pa.concat_tables(have)
                 _, first = np.unique(complete["row"].to_numpy(), return_index=True)
-                if len(first) < rows["chunk_rows"][0].as_py():
+                expected = pc.max(complete["chunk_rows"]).as_py()  # on the chunk's last piece only
+                if expected < 0 or len(first) < expected:
                     continue
                 del self.pending[chunk_id]
             complete = complete.take(first)
@@ -360,17 +403,18 @@ class WriteChunks:
         columns = {name: values[order] for name, values in columns.items()}
         labels = []
         for run in np.split(np.arange(len(order)), np.flatnonzero(np.diff(columns["file"])) + 1):
-            first = run[0]
-            path = str(columns["path"][first])
-            if columns["error"][first]:
-                labels.append(FileLabel.failed(path, str(columns["error"][first]), model_id=self.model_id,
+            last = run[-1]  # a file's last piece holds its final fields
+            path = str(columns["path"][last])
+            error = next((message for message in columns["error"][run] if message), "")
+            if error:  # a file may fail after some of its pieces
+                labels.append(FileLabel.failed(path, str(error), model_id=self.model_id,
                                                feature_hash=self.feature_hash))
                 continue
-            truncated_at_s = float(columns["truncated_at_s"][first])
+            truncated_at_s = float(columns["truncated_at_s"][last])
             cues = next((FrameCues.from_bytes(blob) for blob in columns["cues"][run] if blob), None)
             labels.append(aggregate(
                 path, start_s=columns["start_s"][run], end_s=columns["end_s"][run],
-                duration_s=float(columns["duration_s"][first]),
+                duration_s=float(columns["duration_s"][last]),
                 truncated_at_s=None if np.isnan(truncated_at_s) else truncated_at_s,
                 probs=np.stack([columns[name][run] for name in probs], axis=1),
                 model_id=self.model_id, feature_hash=self.feature_hash, cues=cues))
@@ -410,7 +454,6 @@ def assemble(filesystem, root: str, chunks: Sequence[str], *, formats: Sequence[
     CorruptShardError
         A part that cannot be read (a rerun reads every part in full and redoes the damaged ones).
     """
-    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -469,8 +512,8 @@ def label_chunks(pending: Sequence, *, out: str, config, coarse_s: float | None,
         ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(decode_chunk, batch_size=1, num_cpus=plan.task_cpus,
                      fn_kwargs={"config": config, "limits": limits, "isolate": isolate,
-                                "piece_windows": piece_size(config, coarse_s)})
-        .map_batches(LabelWindows, batch_size=None,
+                                "piece_windows": piece_size(config, coarse_s), "featurize": num_gpus > 0})
+        .map_batches(LabelWindows, batch_size=None, batch_format="pyarrow",
                      compute=ray.data.ActorPoolStrategy(min_size=1, initial_size=plan.actors, max_size=plan.actors),
                      num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
                      fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size, "view": view,

@@ -42,7 +42,7 @@ import re
 import time
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -487,7 +487,7 @@ class FileResult:
     message: str | None = None
 
 
-def process_file(path: str, config, *, limits, child=None, lazy: bool = False) -> FileResult:
+def process_file(path: str, config, *, limits, child=None) -> FileResult:
     """The one per-file step of every job: decode -> windows -> codes, or an error with its stage.
 
     Any exception is caught (one bad file never stops a chunk), except a full
@@ -500,19 +500,40 @@ def process_file(path: str, config, *, limits, child=None, lazy: bool = False) -
     config : FeatureConfig
     limits : DecodeLimits
     child : ChildProcess or None
-    lazy : bool
-        As in :func:`msc_core.labelling.featurize_file` (``lazy``: the audio, not yet the codes).
+        As in :func:`msc_core.labelling.featurize_file`.
     """
-    from .errors import AudioDecodeError
     from .labelling import featurize_file
 
     try:
-        return FileResult(path, featurize_file(path, config, limits=limits, child=child, lazy=lazy))
+        return FileResult(path, featurize_file(path, config, limits=limits, child=child))
     except Exception as error:  # noqa: BLE001 - recorded as the file's outcome
-        if is_disk_full(error):
-            raise
-        stage = "decode" if isinstance(error, AudioDecodeError) else "featurize"
-        return FileResult(path, None, stage, type(error).__name__, clean_message(str(error)))
+        return _failed(path, error)
+
+
+def process_file_pieces(path: str, config, *, windows: int, limits, child=None) -> Iterator[FileResult]:
+    """:func:`process_file` for labelling: the file's windows and audio in pieces, as it is decoded.
+
+    Yields a :class:`FileResult` per piece (:func:`msc_core.labelling.iter_pieces`, lazy
+    features: the model's stage featurizes the windows it reads), and on an error a last one
+    with the error, after whatever pieces came before it. Errors as in :func:`process_file`.
+    """
+    from .labelling import iter_pieces
+
+    try:
+        for piece in iter_pieces(path, config, windows=windows, limits=limits, child=child):
+            yield FileResult(path, piece)
+    except Exception as error:  # noqa: BLE001 - recorded as the file's outcome
+        yield _failed(path, error)
+
+
+def _failed(path: str, error: Exception) -> FileResult:
+    """The outcome of a file that raised ``error``; a full disk is raised again, to stop the job."""
+    from .errors import AudioDecodeError
+
+    if is_disk_full(error):
+        raise error
+    stage = "decode" if isinstance(error, AudioDecodeError) else "featurize"
+    return FileResult(path, None, stage, type(error).__name__, clean_message(str(error)))
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -667,13 +667,64 @@ def featurize_file(source: str | os.PathLike | io.BufferedIOBase, config: Featur
         The file cannot be decoded, or with ``child``: it overran (``decoding
         took longer than N s; killed``) or the child died.
     """
+    return FileFeatures.join(list(_parts(source, config, name=name, batch_windows=batch_windows, limits=limits,
+                                         child=child, lazy=lazy)))
+
+
+def iter_pieces(source: str | os.PathLike, config: FeatureConfig = PAPER, *, windows: int,
+                limits: DecodeLimits = DecodeLimits(), child: "ChildProcess | None" = None) -> Iterator[FileFeatures]:
+    """One file's windows and audio in pieces of ``windows`` windows, as it is decoded (lazy features).
+
+    Memory holds one piece's audio (88,200 bytes per second) and one decode
+    block, whatever the file's length. Each piece also holds the next
+    piece's first window, so that a coarse pass over a piece
+    (:func:`coarse_to_fine`) decides as it does over the whole file when
+    ``windows`` is a whole number of its spacing.
+
+    Parameters
+    ----------
+    source : str or PathLike
+        Path or fsspec URI.
+    config : FeatureConfig
+    windows : int
+        Windows of each piece but the last (which has 1 to ``windows``), not counting the next piece's first.
+    limits, child
+        As in :func:`featurize_file`.
+
+    Yields
+    ------
+    FileFeatures
+        Lazy (``signal`` from the piece's first window to the end of its last); the
+        last piece has the file's ``duration_s``, ``truncated_at_s`` and ``cues``, the
+        others NaN and None.
+
+    Raises
+    ------
+    AudioDecodeError
+        As :func:`featurize_file`, possibly after some pieces were yielded.
+    """
+    held: list[FileFeatures] = []  # the parts not yet in a piece; the first's signal starts at its first window
+    for part in _parts(source, config, limits=limits, child=child, lazy=True):
+        held.append(part)
+        while sum(len(piece.start_s) for piece in held) > windows:  # a piece and the next one's first window
+            joined = FileFeatures.join(held)
+            after = int(round((joined.start_s[windows] - joined.start_s[0]) * config.sample_rate))
+            yield dataclasses.replace(joined, start_s=joined.start_s[:windows + 1], end_s=joined.end_s[:windows + 1],
+                                      duration_s=np.nan, signal=joined.signal[:after + config.window_samples])
+            held = [dataclasses.replace(joined, start_s=joined.start_s[windows:], end_s=joined.end_s[windows:],
+                                        signal=joined.signal[after:])]
+    yield FileFeatures.join(held)  # the last part's final fields
+
+
+def _parts(source, config: FeatureConfig, *, limits: DecodeLimits, child: "ChildProcess | None", lazy: bool,
+           name: str | None = None, batch_windows: int = 16) -> Iterator[FileFeatures]:
+    """:func:`iter_features`'s parts, in this process or streamed from ``child`` (see :func:`featurize_file`)."""
     options = {"name": name, "batch_windows": batch_windows, "limits": limits, "lazy": lazy}
     if child is None:
-        parts = iter_features(source, config, **options)
-    else:
-        parts = child.stream(iter_features, source, config, timeout_s=limits.max_decode_s, **options)
+        yield from iter_features(source, config, **options)
+        return
     try:
-        return FileFeatures.join(list(parts))
+        yield from child.stream(iter_features, source, config, timeout_s=limits.max_decode_s, **options)
     except ChildProcessFailed as error:
         raise AudioDecodeError(name or str(source), f"decoding {error}") from error
 

@@ -228,3 +228,56 @@ def test_a_precision_asked_for_is_a_setting():
     assert "precision" not in json.loads(settings_of(**common))
     for precision in ("bf16", "auto"):
         assert json.loads(settings_of(**common, precision=precision))["precision"] == precision
+
+
+def test_the_writer_waits_for_the_count_and_fails_a_file_that_broke_after_a_piece(tmp_path):
+    """WriteChunks: the chunk's row count rides on its last piece, whichever order rows come in; a file
+    whose decoding failed after some of its pieces is one error row, its windows dropped."""
+    import pyarrow as pa
+
+    from jobs.infer import WriteChunks
+
+    def rows(file, row, chunk_rows, start_s, error="", duration_s=np.nan):
+        count = len(start_s)
+        return {"chunk_id": ["c"] * count, "chunk_rows": [chunk_rows] * count, "row": row + np.arange(count),
+                "file": [file] * count, "path": [f"f{file}.wav"] * count, "start_s": start_s,
+                "end_s": np.asarray(start_s) + 5.0, "duration_s": [duration_s] * count,
+                "truncated_at_s": [np.nan] * count, "error": [error] * count, "cues": [b""] * count,
+                **{f"p_{name}": [1.0 if name == "music" else 0.0] * count for name in CLASSES}}
+
+    writer = WriteChunks(str(tmp_path), "model", PAPER.hash)
+    last = pa.table(rows(1, 5, 6, [0.0], error="decoding took longer than 9 s; killed"))
+    assert writer(last).num_rows == 0  # the count is here, the rows before it are not
+    first = pa.table(rows(0, 0, -1, [0.0, 1.0, 2.0], duration_s=7.5))
+    broken = pa.table(rows(1, 3, -1, [0.0, 1.0]))
+    assert writer(broken).num_rows == 0
+    written = writer(pa.concat_tables([first, broken])).to_pylist()  # a retried task's rows again, and the rest
+    assert [(row["files"], row["errors"]) for row in written] == [(2, 1)]
+    predictions = pq.read_table(tmp_path / "parts" / "predictions" / "c.parquet").to_pandas().set_index("path")
+    assert predictions.loc["f0.wav", "status"] == "ok" and predictions.loc["f0.wav", "duration_s"] == 7.5
+    assert predictions.loc["f1.wav", "status"] == "error" and "killed" in predictions.loc["f1.wav", "error"]
+    windows = pq.read_table(tmp_path / "parts" / "windows" / "c.parquet").to_pandas()
+    assert windows["path"].tolist() == ["f0.wav"] * 3
+
+
+def test_the_stages_label_pieces_as_predict_labels_the_file_whether_codes_or_audio_travel(model_dir, tmp_path):
+    """decode_chunk -> LabelWindows in this process, pieces of 20 windows: the windows and probabilities
+    of label_file, with the audio sent (CPU actors featurize) or every window's codes (GPU actors)."""
+    import pyarrow as pa
+
+    from jobs.infer import LabelWindows, decode_chunk
+    from msc_core.audio import DecodeLimits
+    from msc_core.labelling import labelling_windows
+
+    path = str(write_audio(tmp_path / "a.flac", "speech", 61.0, sample_rate=16000))
+    config, coarse_s = labelling_windows()
+    alone = label_file(path, load_model(model_dir))
+    model = LabelWindows(str(model_dir), 32, "all", None, coarse_s, "fp32")  # threads: as TensorFlow has them
+    for featurize in (False, True):
+        pieces = list(decode_chunk({"chunk_id": ["c"], "paths": [[path]]}, config=config, limits=DecodeLimits(),
+                                   isolate=False, piece_windows=20, featurize=featurize))
+        assert len(pieces) == 3 and [piece["chunk_rows"][0].as_py() for piece in pieces][:2] == [-1, -1]
+        windows = pd.DataFrame(model(pa.concat_tables(pieces)))
+        windows = windows[windows["p_speech"].notna()]
+        np.testing.assert_array_equal(windows["start_s"], alone.window_start_s)
+        np.testing.assert_allclose(windows[[f"p_{name}" for name in CLASSES]], alone.window_probs, atol=1e-6)

@@ -10,9 +10,9 @@ from msc_core.audio import DecodeLimits
 from msc_core.config import PAPER
 from msc_core.errors import ModelLoadError
 from msc_core.labelling import (DEFAULT_MODEL_DIR, FileLabel, Segment, aggregate, class_probs, coarse_to_fine,
-                                dominant_label, featurize_file, format_label, label_array, label_dict, label_file,
-                                label_tables, labelling_windows, load_model, segments_of, window_config,
-                                window_weights)
+                                dominant_label, featurize_file, format_label, iter_pieces, label_array, label_dict,
+                                label_file, label_tables, labelling_windows, load_model, segments_of,
+                                window_config, window_weights)
 from msc_core.model import MscModel, build_model
 from tests.conftest import write_audio
 
@@ -127,6 +127,25 @@ def test_lazy_features_keep_the_audio_and_featurize_any_window_exactly(tmp_path,
     for pick in (every, every[::5], every[1::3]):
         np.testing.assert_array_equal(lazy.window_codes(pick, config=config), eager.codes[pick])
         np.testing.assert_array_equal(eager.window_codes(pick, config=config), eager.codes[pick])
+
+
+def test_pieces_hold_a_files_windows_and_audio_a_piece_at_a_time(tmp_path):
+    """iter_pieces: pieces of 4 windows and the next one's first, the whole file's windows and codes between
+    them, the final fields on the last piece only."""
+    path = write_audio(tmp_path / "a.flac", "speech", 14.5, sample_rate=44100)
+    config = window_config("all", 1.0)
+    whole = featurize_file(path, config)
+    pieces = list(iter_pieces(path, config, windows=4))
+    assert len(whole.start_s) == 13 and [len(piece.start_s) for piece in pieces] == [5, 5, 5, 1]  # 4 + 1, ...
+    assert all(np.isnan(piece.duration_s) and piece.cues is None for piece in pieces[:-1])
+    assert pieces[-1].duration_s == whole.duration_s and pieces[-1].cues is not None
+    for number, piece in enumerate(pieces):
+        owned = slice(4 * number, 4 * number + len(piece.start_s))
+        np.testing.assert_array_equal(piece.start_s, whole.start_s[owned])
+        np.testing.assert_array_equal(piece.end_s, whole.end_s[owned])
+        every = np.arange(len(piece.start_s))
+        np.testing.assert_array_equal(piece.window_codes(every, config=config), whole.codes[owned])
+    assert len(pieces[0].signal) == 4 * config.hop_samples + config.window_samples
 
 
 def test_label_file_and_array_agree(tmp_path, tiny_model):
