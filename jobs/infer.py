@@ -297,15 +297,15 @@ class LabelWindows:
     Pieces that come with their codes (``featurize`` in :func:`decode_chunk`) are not featurized again.
     """
 
-    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int | None, coarse_s: float | None,
-                 precision: str):
+    def __init__(self, model_dir: str | None, batch_size: int, view: str, threads: int | None,
+                 coarse_s: float | None, precision: str):
         from msc_core.labelling import load_model
 
         self.model = load_model(model_dir, threads=threads, precision=precision)  # "auto": this node's CPU decides
         log.info("model actor: %s threads, %s", threads, self.model.precision)
         self.batch_size, self.view, self.coarse_s = batch_size, view, coarse_s
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: pa.Table) -> dict:
         from msc_core.config import CLASSES
         from msc_core.labelling import FileFeatures, class_probs, coarse_to_fine
 
