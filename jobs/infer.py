@@ -328,17 +328,17 @@ class LabelWindows:
             return class_probs(self.model.predict_codes(codes, batch_size=self.batch_size), self.model.labels,
                                view=self.view)
 
-        probs = np.full((windows.sum(), len(CLASSES)), np.nan)
+        starts, probs = np.concatenate(start_s), np.full((windows.sum(), len(CLASSES)), np.nan)
         offsets = np.cumsum(windows) - windows  # of each piece in the batch's windows
         if len(pieces):
             at = np.concatenate([np.arange(offsets[i], offsets[i] + windows[i]) for i in ok])
-            probs[at] = coarse_to_fine(np.repeat(np.arange(len(pieces)), windows[ok]), np.concatenate(start_s)[at],
-                                       predict, coarse_s=self.coarse_s)
+            probs[at] = coarse_to_fine(np.repeat(np.arange(len(pieces)), windows[ok]), starts[at], predict,
+                                       coarse_s=self.coarse_s)
         kept = np.concatenate([np.arange(offset, offset + count) for offset, count in zip(offsets, owned)])
         out = {name: np.repeat(values, owned) for name, values in batch.items()
                if name not in ("row", "owned", "cues")}
         out["row"] = np.concatenate([row + np.arange(count) for row, count in zip(batch["row"], owned)])
-        out["start_s"], out["end_s"] = np.concatenate(start_s)[kept], np.concatenate(end_s)[kept]
+        out["start_s"], out["end_s"] = starts[kept], np.concatenate(end_s)[kept]
         out["cues"] = np.full(len(kept), b"", object)
         out["cues"][np.cumsum(owned) - owned] = batch["cues"]
         out.update({f"p_{name}": probs[kept, column] for column, name in enumerate(CLASSES)})
