@@ -473,7 +473,8 @@ class FileResult:
     ----------
     path : str
     features : FileFeatures or None
-        The windows and codes (:func:`msc_core.labelling.featurize_file`); None on error.
+        The windows and codes (:func:`msc_core.labelling.featurize_file`), or one piece of the
+        file's windows and audio (:func:`process_file_pieces`); None on error.
     stage : str or None
         ``"decode"`` (the audio could not be read, or its child process overran) or ``"featurize"``.
     error_type, message : str or None
